@@ -1,0 +1,70 @@
+"""The usage record: one per request that reaches the sidecar (DESIGN.md, "Usage record")."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+DIALECTS: Final = ("ollama", "openai")
+OPERATIONS: Final = ("chat", "completion", "embedding", "responses", "other")
+OUTCOMES: Final = ("ok", "upstream_error", "rejected", "client_cancelled", "proxy_error")
+USAGE_SOURCES: Final = ("reported", "estimated", "none")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """What one request cost and how it went. Field names are the public contract:
+    they are the `usage_logs` columns, the `usage export` keys and the `/ops/requests` keys."""
+
+    request_id: str
+    ts: datetime = field(default_factory=utcnow)
+    user: str | None = None
+    team: str | None = None
+    client_ip: str | None = None
+    upstream: str = ""
+    dialect: str = "openai"
+    endpoint: str = ""
+    operation: str = "other"
+    model: str | None = None
+    stream: bool = False
+    status: int | None = None
+    outcome: str = "ok"
+    error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    usage_source: str = "none"
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    server_duration_ms: float | None = None
+    tokens_per_second: float | None = None
+    request_bytes: int = 0
+    response_bytes: int = 0
+    prompt: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: `ts` as ISO-8601 UTC, everything else as is."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["ts"] = self.ts.astimezone(UTC).isoformat()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UsageRecord:
+        """Inverse of `to_dict`; unknown keys are ignored so older spill files still load."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        ts = kw.get("ts")
+        if isinstance(ts, str):
+            kw["ts"] = datetime.fromisoformat(ts)
+        return cls(**kw)
+
+
+FIELD_NAMES: Final = tuple(f.name for f in dataclasses.fields(UsageRecord))
