@@ -1,0 +1,887 @@
+"""Wire formats of the LLM servers Sidemeter meters: pure parsing over bytes.
+
+Nothing here does I/O, logs, or keeps state outside the objects it returns, so every
+function can be tested without a proxy and fed one byte at a time (STYLE.md).
+
+Dialects (DESIGN.md, "Protocol facts"):
+- ``ollama``: ``/api/*``; streams are NDJSON, one JSON object per ``\\n``-terminated line,
+  the last one with ``"done": true`` and the counts (``prompt_eval_count``, ``eval_count``,
+  durations in ns). Ollama's Go structs mark every count ``omitempty``: absent means 0.
+- ``openai``: ``/v1/*`` (vLLM, llama.cpp server, Ollama's /v1, SGLang, TGI); streams are
+  SSE (``data: {json}`` events separated by a blank line, then ``data: [DONE]``), the
+  Responses API streams typed events (``event: <type>`` + ``data: {"type": ...}``) that end
+  with ``response.completed`` / ``response.incomplete`` / ``response.failed`` and no [DONE].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = [
+    "RequestInfo",
+    "ResponseSummary",
+    "StreamMeter",
+    "Usage",
+    "add_include_usage",
+    "classify",
+    "error_body",
+    "estimate_usage",
+    "make_decoder",
+    "parse_request",
+    "parse_response",
+]
+
+_OLLAMA_OPS: Final = {
+    "/api/generate": "completion",
+    "/api/chat": "chat",
+    "/api/embed": "embedding",
+    "/api/embeddings": "embedding",
+}
+_OPENAI_OPS: Final = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+    "/v1/embeddings": "embedding",
+    "/v1/responses": "responses",
+}
+# Text content parts: chat "text", Responses "input_text" (and "output_text" in history).
+_TEXT_PARTS: Final = frozenset({"text", "input_text", "output_text"})
+# Ollama endpoints that stream NDJSON progress unless "stream": false (api.md).
+_OLLAMA_STREAMING_OTHER: Final = frozenset({"/api/pull", "/api/push", "/api/create"})
+
+# Responses API events whose "delta" is generated output (text, reasoning, refusal, tool
+# arguments): each one is a content event for TTFT and the estimate.
+_RESPONSES_CONTENT_EVENTS: Final = frozenset(
+    {
+        "response.output_text.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+    }
+)
+_RESPONSES_TERMINAL_EVENTS: Final = frozenset(
+    {"response.completed", "response.incomplete", "response.failed"}
+)
+
+# A line (SSE/NDJSON) longer than this is not a plausible event: stop buffering it so a
+# misbehaving upstream cannot grow the sidecar's memory without bound.
+_MAX_PENDING: Final = 8 * 1024 * 1024
+
+_JSON_ERRORS: Final = (ValueError, RecursionError)  # JSONDecodeError, UnicodeDecodeError
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def classify(method: str, path: str) -> tuple[str, str]:
+    """(dialect, operation) of a request; ``path`` may carry a ``?query``."""
+    endpoint = path.split("?", 1)[0]
+    if endpoint.startswith("/api/") or endpoint == "/api":
+        ops, dialect = _OLLAMA_OPS, "ollama"
+    else:
+        ops, dialect = _OPENAI_OPS, "openai"
+    if method.upper() != "POST":
+        return dialect, "other"
+    return dialect, ops.get(endpoint, "other")
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What the request says about the exchange, as far as metering needs it."""
+
+    dialect: str
+    operation: str
+    endpoint: str
+    model: str | None = None
+    stream: bool = False
+    wants_usage: bool = False
+    prompt_text: str = ""
+    error: str | None = None
+
+
+def parse_request(method: str, path: str, body: bytes) -> RequestInfo:
+    """Classify and read a request body. Never raises; a body that is not a JSON object
+    sets ``error`` and leaves the path-based classification in place."""
+    dialect, operation = classify(method, path)
+    info = RequestInfo(dialect, operation, path.split("?", 1)[0])
+    if not body or not body.strip():
+        return info
+    try:
+        doc = json.loads(body)
+    except UnicodeDecodeError:
+        info.error = "request body is not UTF-8 text"
+        return info
+    except json.JSONDecodeError as e:
+        info.error = f"request body is not valid JSON: {e.msg} (line {e.lineno} column {e.colno})"
+        return info
+    except RecursionError:
+        info.error = "request body is not valid JSON: nested too deeply"
+        return info
+    if not isinstance(doc, dict):
+        info.error = f"request body is a JSON {_json_type(doc)}, expected an object"
+        return info
+
+    model = doc.get("model")
+    info.model = model if isinstance(model, str) and model else None
+    stream = doc.get("stream")
+    if dialect == "ollama":
+        # Go's *bool: absent or null means the endpoint's default, which is to stream.
+        default = operation in ("completion", "chat") or info.endpoint in _OLLAMA_STREAMING_OTHER
+        info.stream = stream if isinstance(stream, bool) else default
+    else:
+        info.stream = stream is True and operation != "embedding"
+        opts = doc.get("stream_options")
+        info.wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+    info.prompt_text = _prompt_text(dialect, operation, doc)
+    return info
+
+
+def add_include_usage(body: bytes) -> bytes:
+    """The same request with ``stream_options.include_usage = true``.
+
+    Other ``stream_options`` keys are kept. When the key is absent it is spliced in after
+    the opening brace, so the client's bytes are otherwise forwarded untouched. A body that
+    is not a streaming JSON object comes back unchanged: vLLM rejects ``stream_options``
+    unless ``"stream": true`` ("Stream options can only be defined when `stream=True`").
+    """
+    try:
+        doc = json.loads(body)
+    except _JSON_ERRORS:
+        return body
+    if not isinstance(doc, dict) or doc.get("stream") is not True:
+        return body
+    opts = doc.get("stream_options")
+    if isinstance(opts, dict) and opts.get("include_usage") is True:
+        return body
+    if "stream_options" not in doc:
+        brace = body.find(b"{")
+        if brace >= 0 and not body[:brace].strip():
+            return body[: brace + 1] + b'"stream_options":{"include_usage":true},' + body[brace + 1 :]
+    doc["stream_options"] = (
+        {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
+    )
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _json_type(v: Any) -> str:
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, bool):
+        return "boolean"
+    if v is None:
+        return "null"
+    return "number"
+
+
+def _prompt_text(dialect: str, operation: str, doc: dict[str, Any]) -> str:
+    parts: list[str] = []
+    if operation == "chat":
+        messages = doc.get("messages")
+        if isinstance(messages, list):
+            for m in messages:
+                if isinstance(m, dict):
+                    _content_text(m.get("content"), parts)
+    elif operation == "completion":
+        if dialect == "ollama":
+            for key in ("system", "prompt", "suffix"):
+                _strings(doc.get(key), parts)
+        else:
+            _strings(doc.get("prompt"), parts)
+    elif operation == "embedding":
+        # /api/embed and /v1/embeddings take "input"; legacy /api/embeddings takes "prompt".
+        _strings(doc.get("input"), parts)
+        if dialect == "ollama":
+            _strings(doc.get("prompt"), parts)
+    elif operation == "responses":
+        _strings(doc.get("instructions"), parts)
+        items = doc.get("input")
+        if isinstance(items, str):
+            parts.append(items)
+        elif isinstance(items, list):
+            for item in items:
+                if isinstance(item, str):
+                    parts.append(item)
+                elif isinstance(item, dict):
+                    _content_text(item.get("content"), parts)
+                    _strings(item.get("output"), parts)  # function_call_output
+    return "\n".join(p for p in parts if p)
+
+
+def _strings(v: Any, out: list[str]) -> None:
+    """A str or a list of str (token-id lists are not text and are skipped)."""
+    if isinstance(v, str):
+        out.append(v)
+    elif isinstance(v, list):
+        out.extend(s for s in v if isinstance(s, str))
+
+
+def _content_text(content: Any, out: list[str]) -> None:
+    """Message content: a str, or a list of parts of which the text ones count
+    (chat ``text``, Responses ``input_text`` / ``output_text``)."""
+    if isinstance(content, str):
+        out.append(content)
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, str):
+                out.append(part)
+            elif isinstance(part, dict) and part.get("type") in _TEXT_PARTS:
+                text = part.get("text")
+                if isinstance(text, str):
+                    out.append(text)
+
+
+# --------------------------------------------------------------------------- usage
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    server_duration_ms: float | None = None
+
+
+def _int(v: Any) -> int | None:
+    if type(v) is int:  # not bool
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return None
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _detail(u: dict[str, Any], keys: tuple[str, str], field: str) -> int | None:
+    for key in keys:
+        d = u.get(key)
+        if isinstance(d, dict):
+            n = _int(d.get(field))
+            if n is not None:
+                return n
+    return None
+
+
+def _openai_usage(u: dict[str, Any], embedding: bool) -> Usage:
+    """Chat/completions (``prompt_tokens``...) and Responses (``input_tokens``...) shapes."""
+    prompt = _int(u.get("prompt_tokens"))
+    if prompt is None:
+        prompt = _int(u.get("input_tokens"))
+    completion = _int(u.get("completion_tokens"))
+    if completion is None:
+        completion = _int(u.get("output_tokens"))
+    if completion is None and embedding:
+        completion = 0  # embeddings report prompt and total only
+    total = _int(u.get("total_tokens"))
+    if total is None and prompt is not None and completion is not None:
+        total = prompt + completion
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=total,
+        cached_tokens=_detail(u, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens"),
+        reasoning_tokens=_detail(
+            u, ("completion_tokens_details", "output_tokens_details"), "reasoning_tokens"
+        ),
+    )
+
+
+def _ollama_usage(d: dict[str, Any]) -> Usage:
+    """Counts of a done object; Ollama omits zero counts (Go ``omitempty``)."""
+    prompt = _int(d.get("prompt_eval_count")) or 0
+    completion = _int(d.get("eval_count")) or 0
+    total_ns = _num(d.get("total_duration"))
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        server_duration_ms=total_ns / 1e6 if total_ns is not None else None,
+    )
+
+
+def _timings_ms(t: Any) -> float | None:
+    """llama.cpp's ``timings``: prompt processing plus generation, in ms."""
+    if not isinstance(t, dict):
+        return None
+    p, g = _num(t.get("prompt_ms")), _num(t.get("predicted_ms"))
+    if p is None and g is None:
+        return None
+    return (p or 0.0) + (g or 0.0)
+
+
+def _error_message(err: Any) -> str:
+    """``"str"`` (Ollama), ``{"message": ...}`` (OpenAI); anything else as compact JSON."""
+    if isinstance(err, str):
+        return err
+    if isinstance(err, dict):
+        msg = err.get("message")
+        if isinstance(msg, str) and msg:
+            return msg
+    try:
+        return json.dumps(err, ensure_ascii=False, separators=(",", ":"))[:500]
+    except (TypeError, ValueError):
+        return str(err)[:500]
+
+
+def estimate_usage(info: RequestInfo, output_chars: int, content_events: int) -> Usage:
+    """Rough counts when the server reports none: ~4 characters a token for the prompt;
+    for the output one token per streamed content event (servers send about one token an
+    event), else ~4 characters a token."""
+    prompt = max(1, math.ceil(len(info.prompt_text) / 4)) if info.prompt_text else None
+    if info.operation == "embedding":
+        completion = 0
+    elif content_events > 0:
+        completion = content_events
+    else:
+        completion = math.ceil(output_chars / 4)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=(prompt or 0) + completion,
+    )
+
+
+# --------------------------------------------------------------------------- non-streamed
+
+
+@dataclass(slots=True)
+class ResponseSummary:
+    usage: Usage | None = None
+    output_chars: int = 0
+    error: str | None = None
+    model: str | None = None
+
+
+def parse_response(info: RequestInfo, body: bytes) -> ResponseSummary:
+    """Usage, output size, error and model of a non-streamed JSON body. Never raises."""
+    summary = ResponseSummary()
+    if not body:
+        return summary
+    try:
+        doc = json.loads(body)
+    except _JSON_ERRORS:
+        return summary
+    if not isinstance(doc, dict):
+        return summary
+    model = doc.get("model")
+    summary.model = model if isinstance(model, str) and model else None
+
+    err = doc.get("error")
+    if err:  # Responses objects carry "error": null on success
+        summary.error = _error_message(err)
+    elif doc.get("object") == "error":  # older vLLM: {"object": "error", "message": ...}
+        summary.error = _error_message(doc)
+
+    if info.dialect == "ollama":
+        _summarize_ollama(info, doc, summary)
+    else:
+        _summarize_openai(info, doc, summary)
+    return summary
+
+
+def _summarize_ollama(info: RequestInfo, doc: dict[str, Any], s: ResponseSummary) -> None:
+    if info.operation == "embedding":
+        # /api/embed reports prompt_eval_count; legacy /api/embeddings and old servers
+        # report nothing, so only a present count is usage.
+        n = _int(doc.get("prompt_eval_count"))
+        if n is not None:
+            ms = _num(doc.get("total_duration"))
+            s.usage = Usage(n, 0, n, server_duration_ms=ms / 1e6 if ms is not None else None)
+        return
+    chars = _ollama_output_chars(doc)
+    s.output_chars = chars
+    if doc.get("done") is True or "eval_count" in doc or "prompt_eval_count" in doc:
+        s.usage = _ollama_usage(doc)
+
+
+def _summarize_openai(info: RequestInfo, doc: dict[str, Any], s: ResponseSummary) -> None:
+    u = doc.get("usage")
+    if isinstance(u, dict):
+        s.usage = _openai_usage(u, info.operation == "embedding")
+        ms = _timings_ms(doc.get("timings"))
+        if ms is not None:
+            s.usage.server_duration_ms = ms
+    if info.operation == "responses" or doc.get("object") == "response":
+        output = doc.get("output")
+        if isinstance(output, list):
+            s.output_chars = sum(_responses_item_chars(i) for i in output if isinstance(i, dict))
+        return
+    choices = doc.get("choices")
+    if not isinstance(choices, list):
+        return
+    chars = 0
+    for c in choices:
+        if not isinstance(c, dict):
+            continue
+        text = c.get("text")
+        if isinstance(text, str):
+            chars += len(text)
+        msg = c.get("message")
+        if isinstance(msg, dict):
+            chars += _openai_delta_chars(msg)
+    s.output_chars = chars
+
+
+def _responses_item_chars(item: dict[str, Any]) -> int:
+    chars = 0
+    for key in ("content", "summary"):
+        parts = item.get(key)
+        if isinstance(parts, list):
+            for p in parts:
+                if isinstance(p, dict):
+                    text = p.get("text")
+                    if isinstance(text, str):
+                        chars += len(text)
+    args = item.get("arguments")
+    if isinstance(args, str):
+        chars += len(args)
+    return chars
+
+
+# --------------------------------------------------------------------------- streamed
+
+
+def _str_len(v: Any) -> int:
+    return len(v) if isinstance(v, str) else 0
+
+
+def _openai_delta_chars(d: dict[str, Any]) -> int:
+    """Generated characters of a chat ``delta`` / ``message``: content, reasoning (vLLM
+    ``reasoning_content``, newer ``reasoning``), refusal and tool-call arguments."""
+    n = (
+        _str_len(d.get("content"))
+        + _str_len(d.get("reasoning_content"))
+        + _str_len(d.get("reasoning"))
+        + _str_len(d.get("refusal"))
+    )
+    calls = d.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            if isinstance(call, dict):
+                fn = call.get("function")
+                if isinstance(fn, dict):
+                    n += _str_len(fn.get("name")) + _str_len(fn.get("arguments"))
+    return n
+
+
+def _ollama_output_chars(d: dict[str, Any]) -> int:
+    """Generated characters of one Ollama object: generate ``response``/``thinking`` or
+    chat ``message.content``/``message.thinking``/``message.tool_calls``."""
+    n = _str_len(d.get("response")) + _str_len(d.get("thinking"))
+    msg = d.get("message")
+    if isinstance(msg, dict):
+        n += _str_len(msg.get("content")) + _str_len(msg.get("thinking"))
+        calls = msg.get("tool_calls")
+        if isinstance(calls, list) and calls:
+            # Ollama sends whole tool calls (arguments as an object), rarely: size them as JSON.
+            try:
+                n += len(json.dumps(calls, ensure_ascii=False, separators=(",", ":")))
+            except (TypeError, ValueError):
+                n += 1
+    return n
+
+
+class StreamMeter:
+    """Incremental parser of one streamed response body.
+
+    ``feed`` every upstream chunk (already decoded, see ``make_decoder``) and ``finish`` at
+    the end of the body. Chunk boundaries need not align with lines or events: the meter
+    keeps the unterminated tail in a buffer and scans each byte once.
+
+    With ``strip_usage_chunk`` (OpenAI chat/completions streams whose usage the sidecar
+    asked for on the client's behalf) ``feed`` returns only complete SSE events, minus the
+    usage-only event (``"choices": []`` with a ``usage`` object); otherwise it returns the
+    chunk object itself and parses on the side.
+
+    Read after (or during) the stream: ``content_events`` (events carrying generated text,
+    reasoning or tool-call arguments: the first one is the TTFT mark), ``output_chars``,
+    ``usage`` (None until the server reports it), ``done`` (terminal marker seen),
+    ``error``, ``finish_reason`` and ``model``.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_ev_keep",
+        "_ev_name",
+        "_ev_start",
+        "_ev_strip",
+        "_finished",
+        "_kind",
+        "_pending_ms",
+        "_pos",
+        "_search",
+        "_strip",
+        "content_events",
+        "done",
+        "error",
+        "finish_reason",
+        "model",
+        "output_chars",
+        "usage",
+    )
+
+    def __init__(self, info: RequestInfo, strip_usage_chunk: bool = False) -> None:
+        if info.dialect == "ollama":
+            self._kind = "ndjson"
+        elif info.operation == "responses":
+            self._kind = "responses"
+        else:
+            self._kind = "sse"
+        # Only chat/completions streams can carry the usage-only chunk that include_usage adds.
+        self._strip = strip_usage_chunk and self._kind == "sse"
+        self._buf = bytearray()
+        self._pos = 0  # start of the next unparsed line in _buf
+        self._search = 0  # where to resume looking for "\n" (never re-scan a partial line)
+        self._ev_start = 0  # strip mode: start of the current, not yet forwarded event
+        self._ev_strip = False  # current event holds a usage-only chunk
+        self._ev_keep = False  # current event holds anything else
+        self._ev_name = b""  # SSE "event:" field of the current event
+        self._pending_ms: float | None = None  # llama.cpp timings seen before any usage
+        self._finished = False
+        self.content_events = 0
+        self.output_chars = 0
+        self.usage: Usage | None = None
+        self.done = False
+        self.error: str | None = None
+        self.finish_reason: str | None = None
+        self.model: str | None = None
+
+    # -- public
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._finished or not chunk:
+            return chunk  # nothing to hold back any more: forward as is
+        self._buf += chunk
+        if not self._strip:
+            self._scan()
+            self._compact()
+            return chunk
+        out = self._scan()
+        if len(self._buf) - self._ev_start > _MAX_PENDING:
+            # An "event" this large is not SSE: stop holding bytes back, forward everything.
+            out.append(bytes(self._buf[self._ev_start :]))
+            self._strip = False
+            self._compact()
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """Parse an unterminated last line; return what strip mode still holds, as is."""
+        if self._finished:
+            return b""
+        self._finished = True
+        buf = self._buf
+        if self._pos < len(buf):
+            end = len(buf)
+            if buf[end - 1] == 13:  # "\r"
+                end -= 1
+            self._line(self._pos, end)
+        held = bytes(buf[self._ev_start :]) if self._strip else b""
+        buf.clear()
+        self._pos = self._search = self._ev_start = 0
+        return held
+
+    # -- scanning
+
+    def _scan(self) -> list[bytes]:
+        """Handle every complete line in the buffer; in strip mode return the bytes of the
+        complete events to forward (the buffer then starts at the current event)."""
+        buf = self._buf
+        pos = self._pos
+        strip = self._strip
+        out: list[bytes] = []
+        run = self._ev_start  # strip mode: start of the run of bytes to forward
+        find = buf.find
+        while True:
+            nl = find(b"\n", self._search)
+            if nl < 0:
+                self._search = len(buf)
+                break
+            end = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+            if end == pos:
+                if strip:  # blank line: the event ends here
+                    if self._ev_strip and not self._ev_keep:
+                        out.append(bytes(buf[run : self._ev_start]))
+                        run = nl + 1
+                    self._ev_strip = self._ev_keep = False
+                    self._ev_start = nl + 1
+                self._ev_name = b""
+            else:
+                self._line(pos, end)
+            pos = self._search = nl + 1
+        self._pos = pos
+        if strip:
+            out.append(bytes(buf[run : self._ev_start]))
+            # Keep only the current, incomplete event.
+            del buf[: self._ev_start]
+            self._pos -= self._ev_start
+            self._search -= self._ev_start
+            self._ev_start = 0
+        return out
+
+    def _compact(self) -> None:
+        """Non-strip mode: drop parsed lines; bound an endless unterminated line."""
+        buf = self._buf
+        if self._pos:
+            del buf[: self._pos]
+            self._search -= self._pos
+            self._pos = 0
+        if len(buf) > _MAX_PENDING:
+            buf.clear()
+            self._search = 0
+
+    def _line(self, start: int, end: int) -> None:
+        """One non-blank line ``buf[start:end]`` (without its line terminator)."""
+        buf = self._buf
+        if self._kind == "ndjson":
+            self._on_json(buf[start:end], b"")
+            return
+        if buf.startswith(b"data:", start, end):
+            start += 6 if end > start + 5 and buf[start + 5] == 32 else 5
+            if buf.startswith(b"[DONE]", start, end):
+                self.done = True
+                self._ev_keep = True
+                return
+            self._on_json(buf[start:end], self._ev_name)
+        elif buf.startswith(b"event:", start, end):
+            self._ev_name = bytes(buf[start + 6 : end]).strip()
+        elif buf.startswith(b"error:", start, end):
+            # Older llama.cpp servers sent stream errors as an "error:" field.
+            self._on_json(buf[start + 6 : end], b"error")
+        elif buf[start] == 123:  # "{"
+            # No SSE field starts with "{": a plain JSON body (typically an error answered to
+            # a streaming request) reaching the meter. Read it rather than miss the error.
+            self._on_json(buf[start:end], b"")
+        # Other fields (id:, retry:) and ":" comments carry nothing to meter; only data
+        # lines decide whether strip mode drops an event.
+
+    def _on_json(self, payload: bytearray, ev_name: bytes) -> None:
+        try:
+            obj = json.loads(payload)
+        except _JSON_ERRORS:
+            self._ev_keep = True  # forwarded untouched, counted as nothing
+            return
+        if not isinstance(obj, dict):
+            self._ev_keep = True
+            return
+        kind = self._kind
+        if kind == "sse":
+            self._on_chunk(obj, ev_name)
+        elif kind == "responses":
+            self._on_responses_event(obj, ev_name)
+        else:
+            self._on_ollama(obj)
+
+    # -- per-dialect payloads
+
+    def _on_chunk(self, obj: dict[str, Any], ev_name: bytes) -> None:
+        """An OpenAI chat/completions chunk."""
+        err = obj.get("error")
+        if err or ev_name == b"error" or obj.get("object") == "error":  # last: older vLLM
+            self.error = _error_message(err or obj)
+            self._ev_keep = True
+            return
+        model = obj.get("model")
+        if isinstance(model, str) and model:
+            self.model = model
+        choices = obj.get("choices")
+        usage = obj.get("usage")  # OpenAI sends "usage": null on the other chunks
+        if isinstance(usage, dict):
+            self.usage = _openai_usage(usage, embedding=False)
+            if self._pending_ms is not None:
+                self.usage.server_duration_ms = self._pending_ms
+            if isinstance(choices, list) and not choices:
+                self._ev_strip = True
+            else:
+                self._ev_keep = True
+        else:
+            self._ev_keep = True
+        ms = _timings_ms(obj.get("timings"))
+        if ms is not None:
+            self._pending_ms = ms
+            if self.usage is not None:
+                self.usage.server_duration_ms = ms
+        if not isinstance(choices, list) or not choices:
+            return
+        chars = 0
+        for c in choices:
+            if not isinstance(c, dict):
+                continue
+            delta = c.get("delta")
+            if isinstance(delta, dict):
+                chars += _openai_delta_chars(delta)
+            else:
+                msg = c.get("message")  # a non-streamed body fed to the meter
+                if isinstance(msg, dict):
+                    chars += _openai_delta_chars(msg)
+            text = c.get("text")
+            if isinstance(text, str):
+                chars += len(text)
+            reason = c.get("finish_reason")
+            if isinstance(reason, str) and reason:
+                self.finish_reason = reason
+        if chars:
+            self.content_events += 1
+            self.output_chars += chars
+
+    def _on_responses_event(self, obj: dict[str, Any], ev_name: bytes) -> None:
+        etype = obj.get("type")
+        if not isinstance(etype, str):
+            etype = "error" if obj.get("error") else ev_name.decode("utf-8", "replace")
+        if etype in _RESPONSES_CONTENT_EVENTS:
+            delta = obj.get("delta")
+            if isinstance(delta, str) and delta:
+                self.content_events += 1
+                self.output_chars += len(delta)
+        elif etype in _RESPONSES_TERMINAL_EVENTS:
+            self.done = True
+            resp = obj.get("response")
+            if isinstance(resp, dict):
+                self._on_response_object(resp)
+                if self.usage is not None:
+                    ms = _timings_ms(obj.get("timings"))  # llama.cpp: beside "response"
+                    if ms is not None:
+                        self.usage.server_duration_ms = ms
+            if etype == "response.failed" and self.error is None:
+                self.error = "response failed"
+        elif etype == "response.created":
+            resp = obj.get("response")
+            if isinstance(resp, dict):
+                model = resp.get("model")
+                if isinstance(model, str) and model:
+                    self.model = model
+        elif etype == "error" or ev_name == b"error":
+            err = obj.get("error")
+            self.error = _error_message(err if err else obj)
+
+    def _on_response_object(self, resp: dict[str, Any]) -> None:
+        """The ``response`` of a terminal event: status, usage, error."""
+        model = resp.get("model")
+        if isinstance(model, str) and model:
+            self.model = model
+        status = resp.get("status")
+        if isinstance(status, str) and status:
+            self.finish_reason = status
+        u = resp.get("usage")
+        if isinstance(u, dict):
+            self.usage = _openai_usage(u, embedding=False)
+        err = resp.get("error")
+        if err:
+            self.error = _error_message(err)
+
+    def _on_ollama(self, obj: dict[str, Any]) -> None:
+        err = obj.get("error")
+        if err:
+            self.error = _error_message(err)
+            return
+        model = obj.get("model")
+        if isinstance(model, str) and model:
+            self.model = model
+        chars = _ollama_output_chars(obj)
+        if chars:
+            self.content_events += 1
+            self.output_chars += chars
+        if obj.get("done") is True:
+            self.done = True
+            reason = obj.get("done_reason")
+            if isinstance(reason, str) and reason:
+                self.finish_reason = reason
+            self.usage = _ollama_usage(obj)
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+def make_decoder(content_encoding: str | None) -> Callable[[bytes], bytes] | None:
+    """An incremental decoder for a ``Content-Encoding`` (gzip, deflate, br, zstd, or a
+    comma-separated chain of them), or None for identity/absent or an encoding it does not
+    know (the body is then parsed as is, which finds nothing).
+
+    The decoder never raises: after corrupt input it returns b"" for the rest of the body,
+    so metering degrades to estimates while the bytes are still relayed untouched."""
+    if not content_encoding:
+        return None
+    steps: list[Callable[[bytes], bytes]] = []
+    for token in content_encoding.lower().split(","):
+        name = token.strip()
+        if name in ("", "identity"):
+            continue
+        step = _decoder_step(name)
+        if step is None:
+            return None
+        steps.append(step)
+    if not steps:
+        return None
+    steps.reverse()  # encodings are listed in the order they were applied
+    broken = False
+
+    def decode(data: bytes) -> bytes:
+        nonlocal broken
+        if broken:
+            return b""
+        try:
+            for step in steps:
+                data = step(data)
+        except Exception:  # zlib.error, brotli.error, zstd.ZstdError: corrupt stream
+            broken = True
+            return b""
+        return data
+
+    return decode
+
+
+def _decoder_step(name: str) -> Callable[[bytes], bytes] | None:
+    if name in ("gzip", "x-gzip"):
+        return zlib.decompressobj(zlib.MAX_WBITS | 16).decompress
+    if name == "deflate":
+        return _deflate_decoder()
+    if name == "br":
+        import brotli  # mitmproxy dependency; imported only when a body needs it
+
+        return brotli.Decompressor().process
+    if name == "zstd":
+        import zstandard  # mitmproxy dependency
+
+        return zstandard.ZstdDecompressor().decompressobj().decompress
+    return None
+
+
+def _deflate_decoder() -> Callable[[bytes], bytes]:
+    """HTTP "deflate" is meant to be zlib-wrapped, but some servers send raw deflate: look
+    at the first two bytes (a zlib header is CM=8 and a multiple of 31) before choosing."""
+    head = bytearray()
+    decompress: Callable[[bytes], bytes] | None = None
+
+    def decode(data: bytes) -> bytes:
+        nonlocal decompress
+        if decompress is None:
+            head.extend(data)
+            if len(head) < 2:
+                return b""
+            zlib_wrapped = head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
+            wbits = zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS
+            decompress = zlib.decompressobj(wbits).decompress
+            data = bytes(head)
+        return decompress(data)
+
+    return decode
+
+
+def error_body(dialect: str, status: int, message: str, err_type: str = "upstream_error") -> bytes:
+    """An error body in the client's dialect: ``{"error": "..."}`` for Ollama (what its
+    clients read), the OpenAI error object otherwise (``code`` is the HTTP status, as vLLM
+    and llama.cpp send it)."""
+    if dialect == "ollama":
+        doc: dict[str, Any] = {"error": message}
+    else:
+        doc = {"error": {"message": message, "type": err_type, "param": None, "code": status}}
+    return json.dumps(doc, ensure_ascii=False).encode()
