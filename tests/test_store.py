@@ -1,0 +1,524 @@
+"""The usage store against real SQLite files: no mocks of peewee or sqlite3."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import peewee
+import pytest
+
+from agent.records import FIELD_NAMES, UsageRecord
+from agent.store import (
+    SCHEMA_VERSION,
+    StoreError,
+    UsageStore,
+    export_records,
+    get_record,
+    iter_records,
+    migrate,
+    open_database,
+    parse_duration,
+    parse_since,
+    prune,
+)
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"  # tmp_path is absolute, so this is the four-slash form
+
+
+def full_record(request_id: str = "req-full") -> UsageRecord:
+    return UsageRecord(
+        request_id=request_id,
+        ts=datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=timezone(timedelta(hours=2))),
+        user="alice",
+        team="research",
+        client_ip="10.0.0.7",
+        upstream="http://ollama:11434",
+        dialect="ollama",
+        endpoint="/api/chat",
+        operation="chat",
+        model="llama3.2:1b",
+        stream=True,
+        status=200,
+        outcome="ok",
+        error="none really",
+        prompt_tokens=12,
+        completion_tokens=34,
+        total_tokens=46,
+        cached_tokens=5,
+        reasoning_tokens=7,
+        usage_source="reported",
+        latency_ms=123.456,
+        ttft_ms=7.25,
+        server_duration_ms=110.5,
+        tokens_per_second=42.125,
+        request_bytes=321,
+        response_bytes=4321,
+        prompt="Why is the sky blue? ünïcode ✓",
+    )
+
+
+def make_records(n: int, prefix: str = "r") -> list[UsageRecord]:
+    return [UsageRecord(request_id=f"{prefix}{i}") for i in range(n)]
+
+
+def plain_sqlite(db_path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """What a user's `sqlite3 data/usage.db` session is: autocommit, no peewee."""
+    return contextlib.closing(sqlite3.connect(db_path, isolation_level=None))
+
+
+def stored_ids(db_path: Path) -> list[str]:
+    with plain_sqlite(db_path) as conn:
+        return [row[0] for row in conn.execute("SELECT request_id FROM usage_logs ORDER BY id")]
+
+
+def spill_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("usage-spill-*"))
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "usage.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[UsageStore]:
+    s = UsageStore(sqlite_url(db_path))
+    s.start()
+    yield s
+    s.close()
+
+
+# -- storing and reading back ------------------------------------------------------------------
+
+
+def test_every_field_round_trips_including_none_and_utc_ts(store: UsageStore) -> None:
+    full = full_record()
+    assert all(getattr(full, name) is not None for name in FIELD_NAMES)
+    sparse = UsageRecord(request_id="req-sparse", ts=datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC))
+    store.submit(full)
+    store.submit(sparse)
+    assert store.flush()
+
+    got = get_record(store.db, "req-full")
+    assert got == full  # aware datetimes compare by instant
+    assert got is not None and got.ts.tzinfo is UTC and got.ts.hour == 3
+    assert got.ts.microsecond == 891011
+    got_sparse = get_record(store.db, "req-sparse")
+    assert got_sparse == sparse
+    assert got_sparse is not None and got_sparse.status is None and got_sparse.prompt is None
+    assert isinstance(got_sparse.stream, bool)
+    assert get_record(store.db, "nope") is None
+
+
+def test_table_is_usage_logs_and_plain_sqlite3_can_query_it(store: UsageStore, db_path: Path) -> None:
+    store.submit(full_record())
+    assert store.flush()
+    with plain_sqlite(db_path) as conn:
+        cur = conn.execute("SELECT * FROM usage_logs ORDER BY id DESC LIMIT 5;")
+        rows = cur.fetchall()
+        columns = [d[0] for d in cur.description]
+        assert columns == ["id", *FIELD_NAMES]
+        row = dict(zip(columns, rows[0], strict=True))
+        assert row["ts"] == "2026-03-04 03:06:07.891011"  # UTC, sorts and compares as text
+        assert row["user"] == "alice" and row["stream"] == 1
+        indexed = {
+            info[2]
+            for index in conn.execute("PRAGMA index_list('usage_logs')")
+            for info in conn.execute(f"PRAGMA index_info('{index[1]}')")
+        }
+        assert indexed == {"ts", "request_id", "user", "model", "team"}
+
+
+def test_sqlite_uses_wal(store: UsageStore, db_path: Path) -> None:
+    with plain_sqlite(db_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_20k_records_from_a_thread_are_all_stored_after_flush(store: UsageStore, db_path: Path) -> None:
+    records = make_records(20_000)
+    producer = threading.Thread(target=lambda: [store.submit(r) for r in records])
+    producer.start()
+    producer.join()
+    assert store.flush(timeout=60)
+    ids = stored_ids(db_path)
+    assert len(ids) == 20_000
+    assert set(ids) == {r.request_id for r in records}
+    assert store.healthy and store.queue_depth == 0
+
+
+def test_memory_database_works_across_threads(tmp_path: Path) -> None:
+    s = UsageStore("sqlite:///:memory:", spill_dir=tmp_path)
+    s.start()
+    try:
+        for r in make_records(50):
+            s.submit(r)
+        assert s.flush()
+        assert [r.request_id for r in iter_records(s.db, limit=3)] == ["r0", "r1", "r2"]
+    finally:
+        s.close()
+
+
+# -- backpressure, failures and spill files ---------------------------------------------------
+
+
+def test_close_drains_the_queue(db_path: Path) -> None:
+    s = UsageStore(sqlite_url(db_path), batch_size=50)
+    s.start()
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # keep the writer from getting ahead of us
+    try:
+        for r in make_records(500):
+            s.submit(r)
+        assert s.written_total == 0
+        assert s.queue_depth >= 500 - 50  # all queued but the batch the writer holds
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    s.close()
+    assert sorted(stored_ids(db_path)) == sorted(f"r{i}" for i in range(500))
+    assert spill_files(db_path.parent) == []
+    assert not s.healthy
+
+
+def test_close_spills_what_it_cannot_write_in_time(db_path: Path) -> None:
+    s = UsageStore(sqlite_url(db_path) + "?timeout=0.05", batch_size=10)
+    s.start()
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the database stays locked through close()
+    try:
+        for r in make_records(100):
+            s.submit(r)
+        s.close(timeout=0.2)
+        spilled = [
+            json.loads(line) for f in spill_files(db_path.parent) for line in f.read_text().splitlines()
+        ]
+        # A batch may be spilled twice (writer and close); re-ingest stores it once.
+        assert {d["request_id"] for d in spilled} == {f"r{i}" for i in range(100)}
+        assert s.spilled_total >= 100
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    again = UsageStore(sqlite_url(db_path))
+    again.start()
+    again.close()
+    assert sorted(stored_ids(db_path)) == sorted(f"r{i}" for i in range(100))
+
+
+def test_unstorable_values_are_set_aside_or_repaired_not_retried_forever(
+    store: UsageStore,
+) -> None:
+    # Each of these would fail its whole batch in SQLite or PostgreSQL on every retry.
+    store.submit(UsageRecord(request_id="bad-float", latency_ms="fast"))  # type: ignore[arg-type]
+    store.submit(UsageRecord(request_id="bad-null", upstream=None))  # type: ignore[arg-type]
+    store.submit(UsageRecord(request_id="bad-int", prompt_tokens=10**30))
+    store.submit(UsageRecord(request_id="surrogate", model="x\ud800y"))  # from JSON "\ud800"
+    store.submit(UsageRecord(request_id="good"))
+    assert store.flush()
+    stored = {r.request_id: r for r in iter_records(store.db)}
+    assert sorted(stored) == ["good", "surrogate"]
+    assert stored["surrogate"].model == "x?y"
+    rejected = "".join(f.read_text() for f in store.spill_dir.glob("usage-rejected-*"))
+    for request_id in ("bad-float", "bad-null", "bad-int"):
+        assert f'"{request_id}"' in rejected
+    assert store.healthy
+
+
+def test_full_queue_spills_instead_of_blocking_and_nothing_is_lost_or_doubled(
+    db_path: Path,
+) -> None:
+    s = UsageStore(sqlite_url(db_path), queue_size=2, batch_size=5)
+    s.start()
+    # Another connection holds the write lock: the writer sits in SQLite's busy wait.
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        records = make_records(200)
+        for r in records:
+            s.submit(r)  # would deadlock here if submit waited for the queue
+        assert s.written_total == 0
+        assert s.spilled_total >= 200 - 2 - 5 - 1  # at most queue + one batch are in memory
+        assert spill_files(db_path.parent)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    s.close()
+
+    again = UsageStore(sqlite_url(db_path))
+    again.start()  # re-ingests what the first run spilled
+    again.close()
+    ids = stored_ids(db_path)
+    assert sorted(ids) == sorted(r.request_id for r in records)  # every record exactly once
+    assert spill_files(db_path.parent) == []
+
+
+def test_failing_batches_are_retried_spilled_and_recovered(db_path: Path) -> None:
+    # A short busy timeout so each attempt fails fast while the lock is held.
+    s = UsageStore(sqlite_url(db_path) + "?timeout=0.05")
+    s.retry_delays = (0.01,)
+    s.start()
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        for r in make_records(3):
+            s.submit(r)
+        assert not s.flush(timeout=30)  # the batch fails and is spilled; re-ingest fails too
+        assert s.failed_batches >= 1
+        assert not s.healthy
+        assert s.last_error is not None and "locked" in s.last_error
+        assert spill_files(db_path.parent)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert s.flush(timeout=30)  # the spill is re-ingested now that the lock is gone
+    assert s.healthy
+    assert sorted(stored_ids(db_path)) == ["r0", "r1", "r2"]
+    assert spill_files(db_path.parent) == []
+    s.close()
+
+
+def test_records_submitted_before_start_or_after_close_are_kept(db_path: Path) -> None:
+    s = UsageStore(sqlite_url(db_path))
+    s.submit(UsageRecord(request_id="early"))
+    assert not s.flush(timeout=0.1)  # nothing can be committed before start()
+    s.start()
+    assert s.flush()
+    s.close()
+    s.submit(UsageRecord(request_id="late"))  # after close: spilled, not raised, not dropped
+    assert s.spilled_total == 1
+    again = UsageStore(sqlite_url(db_path))
+    again.start()
+    again.close()
+    assert sorted(stored_ids(db_path)) == ["early", "late"]
+
+
+def test_reingest_after_a_crash_does_not_double_insert(db_path: Path) -> None:
+    spill_dir = db_path.parent / "spill"
+    first = UsageStore(sqlite_url(db_path), spill_dir=spill_dir)
+    first.start()
+    stored = make_records(3, prefix="s")
+    for r in stored:
+        first.submit(r)
+    assert first.flush()
+    first.close()
+
+    def lines(records: list[UsageRecord]) -> str:
+        return "".join(json.dumps(r.to_dict()) + "\n" for r in records)
+
+    pid = os.getpid()
+    # Claimed and committed, but the crash came before it was deleted.
+    (spill_dir / f"usage-spill-{pid}-1-0.jsonl.ingesting").write_text(
+        lines([*stored, UsageRecord(request_id="n0")])
+    )
+    # A spill whose last line was torn by the crash.
+    (spill_dir / f"usage-spill-{pid}-2-0.jsonl").write_text(
+        lines([UsageRecord(request_id="n1")]) + '{"request_id": "tor'
+    )
+    # A batch spill that was never renamed into place.
+    (spill_dir / f"usage-spill-{pid}-3-0.jsonl.tmp").write_text(lines([UsageRecord(request_id="n2")]))
+    # A live process's file (our parent) is still being appended to: leave it alone.
+    foreign = spill_dir / f"usage-spill-{os.getppid()}-4-0.jsonl"
+    foreign.write_text(lines([UsageRecord(request_id="other")]))
+
+    second = UsageStore(sqlite_url(db_path), spill_dir=spill_dir)
+    second.start()
+    second.close()
+    assert sorted(stored_ids(db_path)) == ["n0", "n1", "n2", "s0", "s1", "s2"]
+    assert spill_files(spill_dir) == [foreign]
+    rejected = list(spill_dir.glob("usage-rejected-*"))
+    assert len(rejected) == 1 and "tor" in rejected[0].read_text()
+
+
+def test_spill_dir_defaults_next_to_the_sqlite_file(db_path: Path) -> None:
+    assert UsageStore(sqlite_url(db_path)).spill_dir == db_path.parent
+    assert UsageStore("postgresql://u@db/usage").spill_dir == Path("data")
+
+
+# -- opening, migrating and errors --------------------------------------------------------------
+
+
+def test_unwritable_directory_is_a_store_error_naming_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")  # works as root too, unlike chmod
+    url = sqlite_url(blocker / "db.sqlite")
+    with pytest.raises(StoreError, match=str(blocker)) as err:
+        open_database(url)
+    assert "\n" not in str(err.value)
+    with pytest.raises(StoreError, match=str(blocker)):
+        UsageStore(url).start()
+
+
+def test_a_file_that_is_not_sqlite_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match=str(path)):
+        migrate(open_database(sqlite_url(path)))
+
+
+def test_unsupported_url_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match="sqlite:///"):
+        open_database("mongodb://localhost/usage")
+
+
+def test_postgresql_without_driver_says_what_to_install() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") or importlib.util.find_spec("psycopg"):
+        pytest.skip("a PostgreSQL driver is installed")
+    with pytest.raises(StoreError, match=r"sidemeter\[postgres\]") as err:
+        open_database("postgresql://meter:s3cret@db.example:5432/usage")
+    assert "s3cret" not in str(err.value) and "db.example" in str(err.value)
+
+
+def test_migrate_is_idempotent_and_refuses_a_newer_schema(db_path: Path) -> None:
+    db = open_database(sqlite_url(db_path))
+    assert migrate(db) == SCHEMA_VERSION
+    assert migrate(db) == SCHEMA_VERSION
+    db.close()
+    with plain_sqlite(db_path) as conn:
+        assert conn.execute("SELECT version FROM schema_meta").fetchall() == [(SCHEMA_VERSION,)]
+        conn.execute("INSERT INTO schema_meta (version) VALUES (?)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match=r"newer.*upgrade Sidemeter"):
+        migrate(open_database(sqlite_url(db_path)))
+    with pytest.raises(StoreError, match="newer"):
+        UsageStore(sqlite_url(db_path)).start()
+
+
+def test_migrate_refuses_a_foreign_usage_logs_table(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    with plain_sqlite(db_path) as conn:
+        conn.execute("CREATE TABLE usage_logs (id INTEGER PRIMARY KEY, user TEXT)")
+    with pytest.raises(StoreError, match="lacks columns request_id"):
+        migrate(open_database(sqlite_url(db_path)))
+
+
+# -- queries, export, prune ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> Iterator[peewee.Database]:
+    db = open_database(sqlite_url(tmp_path / "q.db"))
+    migrate(db)
+    store = UsageStore(sqlite_url(tmp_path / "q.db"))
+    store.start()
+    base = datetime.now(UTC)
+    for i, (user, model) in enumerate([("ann", "a"), ("bob", "b"), ("ann", "b"), ("cy", "a")]):
+        store.submit(UsageRecord(request_id=f"q{i}", ts=base - timedelta(hours=i), user=user, model=model))
+    store.submit(UsageRecord(request_id="old", ts=base - timedelta(days=40), user="ann"))
+    assert store.flush()
+    store.close()
+    yield db
+    db.close()
+
+
+def test_iter_records_filters_and_orders(seeded: peewee.Database) -> None:
+    def ids(**kw: object) -> list[str]:
+        return [r.request_id for r in iter_records(seeded, **kw)]  # type: ignore[arg-type]
+
+    now = datetime.now(UTC)
+    assert ids() == ["old", "q3", "q2", "q1", "q0"]
+    assert ids(newest_first=True, limit=2) == ["q0", "q1"]
+    assert ids(user="ann") == ["old", "q2", "q0"]
+    assert ids(model="b") == ["q2", "q1"]
+    assert ids(since=now - timedelta(hours=1, minutes=30)) == ["q1", "q0"]
+    assert ids(until=now - timedelta(days=1)) == ["old"]
+
+
+def test_export_jsonl_has_exactly_the_record_fields(seeded: peewee.Database) -> None:
+    out = io.StringIO()
+    assert export_records(seeded, out, "jsonl", since=datetime.now(UTC) - timedelta(days=1)) == 4
+    objects = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(objects) == 4
+    assert all(list(o) == list(FIELD_NAMES) for o in objects)
+    assert datetime.fromisoformat(objects[0]["ts"]).utcoffset() == timedelta(0)
+    assert objects[0]["ts"].endswith("+00:00")
+
+
+def test_export_csv_has_a_header_of_field_names(seeded: peewee.Database) -> None:
+    out = io.StringIO()
+    assert export_records(seeded, out, "csv") == 5
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert rows[0] == list(FIELD_NAMES)
+    assert len(rows) == 6
+    with pytest.raises(ValueError, match="jsonl, csv"):
+        export_records(seeded, io.StringIO(), "xml")
+
+
+def test_prune_deletes_only_older_records(seeded: peewee.Database) -> None:
+    assert prune(seeded, timedelta(days=30)) == 1
+    assert [r.request_id for r in iter_records(seeded)] == ["q3", "q2", "q1", "q0"]
+    assert prune(seeded, parse_duration("30d")) == 0
+
+
+# -- durations ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("90s", timedelta(seconds=90)),
+        ("15m", timedelta(minutes=15)),
+        ("24h", timedelta(hours=24)),
+        ("30d", timedelta(days=30)),
+        ("2w", timedelta(weeks=2)),
+        ("1h30m", timedelta(minutes=90)),
+        (" 7d ", timedelta(days=7)),
+        ("0s", timedelta(0)),
+    ],
+)
+def test_parse_duration(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "24", "h", "-5m", "5 m", "1.5h", "3y", "24H", "soon"])
+def test_parse_duration_rejects_with_a_clear_message(text: str) -> None:
+    with pytest.raises(ValueError, match=r"e\.g\. 90s, 15m, 24h"):
+        parse_duration(text)
+
+
+def test_parse_duration_and_since_reject_absurd_lengths() -> None:
+    with pytest.raises(ValueError, match="too long"):
+        parse_duration("99999999999999w")
+    with pytest.raises(ValueError, match="ISO-8601"):
+        parse_since("999999w", now=NOW)  # before year 1
+
+
+NOW = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("24h", datetime(2026, 1, 1, 12, 0, tzinfo=UTC)),
+        ("30m", datetime(2026, 1, 2, 11, 30, tzinfo=UTC)),
+        ("7d", datetime(2025, 12, 26, 12, 0, tzinfo=UTC)),
+        ("2w", datetime(2025, 12, 19, 12, 0, tzinfo=UTC)),
+        ("90s", datetime(2026, 1, 2, 11, 58, 30, tzinfo=UTC)),
+        ("2026-01-31T12:00:00", datetime(2026, 1, 31, 12, 0, tzinfo=UTC)),  # naive = UTC
+        ("2026-01-31T12:00:00Z", datetime(2026, 1, 31, 12, 0, tzinfo=UTC)),
+        ("2026-01-31T14:00:00+02:00", datetime(2026, 1, 31, 12, 0, tzinfo=UTC)),
+        ("2026-01-31", datetime(2026, 1, 31, tzinfo=UTC)),
+    ],
+)
+def test_parse_since(text: str, expected: datetime) -> None:
+    got = parse_since(text, now=NOW)
+    assert got == expected and got.tzinfo is UTC
+
+
+def test_parse_since_defaults_to_now_and_rejects_garbage() -> None:
+    before = datetime.now(UTC)
+    got = parse_since("1h")
+    assert before - timedelta(hours=1) <= got <= datetime.now(UTC) - timedelta(hours=1)
+    for bad in ("yesterday", "24", "2026-13-01", ""):
+        with pytest.raises(ValueError, match="ISO-8601"):
+            parse_since(bad, now=NOW)
