@@ -1,0 +1,269 @@
+"""Meter LLM traffic: classify each request, time it, and read token usage from the response.
+
+The usage record travels on the flow (`flow.metadata[RECORD]`) and is filled in as the
+exchange happens; `addons/record.py` hands it to the store when the flow ends.
+Load standalone with `mitmdump --mode reverse:http://127.0.0.1:11434 -s addons/meter.py -s addons/record.py`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+from mitmproxy import ctx, http
+from mitmproxy.addonmanager import Loader
+
+from agent.records import UsageRecord
+from agent.wire import (
+    RequestInfo,
+    StreamMeter,
+    Usage,
+    add_include_usage,
+    estimate_usage,
+    make_decoder,
+    parse_request,
+    parse_response,
+)
+
+RECORD = "sidemeter.record"
+INFO = "sidemeter.info"
+STREAM = "sidemeter.stream"
+REQUEST_ID_HEADER = "X-Request-ID"
+CLIENT_DISCONNECTED = "Client disconnected."
+STREAM_CONTENT_TYPES = ("text/event-stream", "application/x-ndjson")
+INFERENCE = ("chat", "completion", "embedding", "responses")
+
+
+def record_of(flow: http.HTTPFlow) -> UsageRecord:
+    """The flow's usage record, created on first use so any addon may touch it first."""
+    rec = flow.metadata.get(RECORD)
+    if rec is None:
+        rid = flow.request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        rec = UsageRecord(request_id=rid[:128])
+        flow.metadata[RECORD] = rec
+    return rec
+
+
+class _StreamState:
+    """Everything the per-chunk callback touches, kept small: this runs for every chunk."""
+
+    __slots__ = ("decode", "first_content_at", "meter", "sent_bytes")
+
+    def __init__(self, meter: StreamMeter, decode: Callable[[bytes], bytes] | None) -> None:
+        self.meter = meter
+        self.decode = decode
+        self.first_content_at: float | None = None
+        self.sent_bytes = 0
+
+    def __call__(self, chunk: bytes) -> bytes | Iterable[bytes]:
+        meter = self.meter
+        if not chunk:  # end of stream: release whatever the meter still holds
+            rest = meter.finish()
+            if self.decode is not None:
+                return b""  # compressed bodies are never held back (stripping is off for them)
+            self.sent_bytes += len(rest)
+            return rest
+        seen = meter.content_events
+        if self.decode is not None:
+            meter.feed(self.decode(chunk))  # read the decoded text, relay the original bytes
+            out = chunk
+        else:
+            out = meter.feed(chunk)
+        if not seen and meter.content_events:
+            self.first_content_at = time.time()
+        if not out:
+            return ()  # b"" would end the client's body early (mitmproxy writes it as the terminator)
+        self.sent_bytes += len(out)
+        return out
+
+
+class Meter:
+    """Classify, time and count tokens for Ollama and OpenAI-compatible requests."""
+
+    def __init__(self) -> None:
+        self.inject_usage = True
+        self.capture_prompts = False
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "sidemeter_inject_usage",
+            bool,
+            True,
+            "Ask OpenAI-compatible upstreams for usage on streams (stream_options.include_usage) "
+            "and remove the added usage chunk before it reaches a client that did not ask for it.",
+        )
+        loader.add_option(
+            "sidemeter_capture_prompts",
+            bool,
+            False,
+            "Store the prompt text on each usage record. Off by default: prompts may be private.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "sidemeter_inject_usage" in updated:
+            self.inject_usage = ctx.options.sidemeter_inject_usage
+        if "sidemeter_capture_prompts" in updated:
+            self.capture_prompts = ctx.options.sidemeter_capture_prompts
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        rec = record_of(flow)
+        flow.request.headers[REQUEST_ID_HEADER] = rec.request_id
+        rec.ts = _utc(flow.request.timestamp_start)
+        rec.client_ip = flow.client_conn.peername[0] if flow.client_conn.peername else None
+        rec.upstream = f"{flow.request.scheme}://{flow.request.host}:{flow.request.port}"
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        rec = record_of(flow)
+        body = flow.request.raw_content or b""
+        rec.request_bytes = len(body)
+        if flow.request.headers.get("content-encoding"):
+            body = flow.request.get_content(strict=False) or b""
+        info = parse_request(flow.request.method, flow.request.path, body)
+        flow.metadata[INFO] = info
+        rec.dialect, rec.operation, rec.endpoint = info.dialect, info.operation, info.endpoint
+        rec.model, rec.stream = info.model, info.stream
+        if self.capture_prompts and info.prompt_text:
+            rec.prompt = info.prompt_text
+        if flow.response is not None:  # answered already (e.g. rejected by auth): nothing goes upstream
+            return
+        if (
+            self.inject_usage
+            and info.dialect == "openai"
+            and info.stream
+            and info.operation in ("chat", "completion")
+            and not info.wants_usage
+            and info.error is None
+        ):
+            flow.request.content = add_include_usage(body)
+            # The stream gets edited on its way through, which needs it uncompressed.
+            flow.request.headers["accept-encoding"] = "identity"
+            flow.metadata[STREAM] = True
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        assert flow.response is not None
+        rec = record_of(flow)
+        flow.response.headers[REQUEST_ID_HEADER] = rec.request_id
+        info: RequestInfo | None = flow.metadata.get(INFO)
+        ctype = flow.response.headers.get("content-type", "")
+        if info is None or not ctype.startswith(STREAM_CONTENT_TYPES):
+            return  # buffered; counted in `response`
+        encoding = flow.response.headers.get("content-encoding")
+        strip = flow.metadata.get(STREAM) is True and not encoding
+        state = _StreamState(StreamMeter(info, strip_usage_chunk=strip), make_decoder(encoding))
+        flow.metadata[STREAM] = state
+        flow.response.stream = state
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        assert flow.response is not None
+        rec = record_of(flow)
+        resp = flow.response
+        rec.status = resp.status_code
+        if rec.outcome == "rejected":  # set by an earlier addon that answered the request itself
+            rec.response_bytes = len(resp.raw_content or b"")
+            return
+        info: RequestInfo | None = flow.metadata.get(INFO)
+        state = flow.metadata.get(STREAM)
+        now = resp.timestamp_end or time.time()
+        if isinstance(state, _StreamState):
+            meter = state.meter
+            rec.response_bytes = state.sent_bytes
+            self._timing(rec, flow, state.first_content_at, now)
+            if meter.error or resp.status_code >= 400:
+                rec.outcome, rec.error = "upstream_error", meter.error or f"HTTP {resp.status_code}"
+            elif not meter.done and info is not None and info.operation in INFERENCE:
+                rec.outcome, rec.error = "upstream_error", "stream ended without its final event"
+            self._usage(rec, info, meter.usage, meter.output_chars, meter.content_events)
+            return
+        rec.response_bytes = len(resp.raw_content or b"")
+        self._timing(rec, flow, None, now)
+        if info is None:
+            return
+        summary = parse_response(info, resp.get_content(strict=False) or b"")
+        if resp.status_code >= 400:
+            rec.outcome = "upstream_error"
+            rec.error = summary.error or f"HTTP {resp.status_code}"
+            return
+        self._usage(rec, info, summary.usage, summary.output_chars, 0)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        rec = record_of(flow)
+        if rec.outcome == "rejected":
+            return
+        msg = flow.error.msg if flow.error else "unknown error"
+        info: RequestInfo | None = flow.metadata.get(INFO)
+        state = flow.metadata.get(STREAM)
+        now = time.time()
+        rec.error = msg
+        if msg == CLIENT_DISCONNECTED:
+            rec.outcome = "client_cancelled"
+        elif "body_size_limit" in msg:
+            rec.outcome, rec.status = "rejected", 413
+        else:
+            rec.outcome = "upstream_error"
+        if flow.response is not None:
+            rec.status = flow.response.status_code
+        elif rec.outcome == "upstream_error":
+            rec.status = 502  # what mitmproxy answers; addons/errors.py renders the body
+        if isinstance(state, _StreamState):
+            rec.response_bytes = state.sent_bytes
+            self._timing(rec, flow, state.first_content_at, now)
+            meter = state.meter
+            self._usage(rec, info, meter.usage, meter.output_chars, meter.content_events)
+        else:
+            self._timing(rec, flow, None, now)
+
+    # -- helpers -------------------------------------------------------------------
+
+    @staticmethod
+    def _timing(rec: UsageRecord, flow: http.HTTPFlow, first: float | None, end: float) -> None:
+        start = flow.request.timestamp_start
+        rec.latency_ms = round((end - start) * 1000, 3)
+        if first is not None:
+            rec.ttft_ms = round((first - start) * 1000, 3)
+
+    @staticmethod
+    def _usage(
+        rec: UsageRecord,
+        info: RequestInfo | None,
+        usage: Usage | None,
+        output_chars: int,
+        content_events: int,
+    ) -> None:
+        if info is None or info.operation not in INFERENCE:
+            return
+        if usage is not None:
+            rec.usage_source = "reported"
+        elif rec.outcome == "ok" or content_events or output_chars:
+            # Generation happened but the server told us nothing (cancelled, cut, or a server
+            # without usage): estimate rather than record zero.
+            usage = estimate_usage(info, output_chars, content_events)
+            rec.usage_source = "estimated"
+        else:
+            return
+        rec.prompt_tokens = usage.prompt_tokens
+        rec.completion_tokens = usage.completion_tokens
+        rec.total_tokens = usage.total_tokens
+        rec.cached_tokens = usage.cached_tokens
+        rec.reasoning_tokens = usage.reasoning_tokens
+        rec.server_duration_ms = usage.server_duration_ms
+        rec.tokens_per_second = _rate(rec)
+
+
+def _rate(rec: UsageRecord) -> float | None:
+    """Output tokens per second of generation as seen here: first token to end for streams."""
+    if not rec.completion_tokens or rec.latency_ms is None:
+        return None
+    span_ms = rec.latency_ms - (rec.ttft_ms or 0.0) if rec.ttft_ms is not None else rec.latency_ms
+    tokens = rec.completion_tokens - 1 if rec.ttft_ms is not None else rec.completion_tokens
+    if span_ms <= 0 or tokens <= 0:
+        return None
+    return round(tokens * 1000 / span_ms, 3)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+addons = [Meter()]

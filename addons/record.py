@@ -1,0 +1,82 @@
+"""Hand every finished flow's usage record to the store: exactly one record per request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from mitmproxy import ctx, http
+from mitmproxy.addonmanager import Loader
+
+from addons.meter import record_of
+from agent.records import UsageRecord
+from agent.store import UsageStore
+
+OPEN = "sidemeter.open"
+RECORDED = "sidemeter.recorded"
+
+
+class Recorder:
+    """Submits the flow's record once, on `response` or `error`, whichever ends the flow.
+
+    The runtime passes its own store; standalone under `mitmdump -s` the recorder opens
+    the one named by the `sidemeter_db` option."""
+
+    def __init__(self, store: UsageStore | None = None) -> None:
+        self.store = store
+        self._owns_store = store is None
+        self.in_flight = 0
+        self.idle = asyncio.Event()  # set while nothing is in flight; the graceful stop waits on it
+        self.idle.set()
+        # Called with each record as it is submitted (metrics, tests); must be quick.
+        self.listeners: list[Callable[[UsageRecord], None]] = []
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "sidemeter_db",
+            str,
+            "sqlite:///data/usage.db",
+            "Usage store URL, used when the recorder runs standalone under mitmdump.",
+        )
+
+    def running(self) -> None:
+        if self.store is None:
+            self.store = UsageStore(ctx.options.sidemeter_db)
+            self.store.start()
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+        flow.metadata[OPEN] = True
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def done(self) -> None:
+        if self._owns_store and self.store is not None:
+            self.store.close()
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(RECORDED):
+            return  # an error after the response (or vice versa) must not count twice
+        flow.metadata[RECORDED] = True
+        if flow.metadata.pop(OPEN, False):
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+        rec: UsageRecord = record_of(flow)
+        if rec.status is None and flow.response is not None:
+            rec.status = flow.response.status_code
+        if rec.latency_ms is None:
+            rec.latency_ms = round((time.time() - flow.request.timestamp_start) * 1000, 3)
+        if self.store is not None:
+            self.store.submit(rec)
+        for listener in self.listeners:
+            listener(rec)
+
+
+addons = [Recorder()]

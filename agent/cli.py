@@ -1,0 +1,327 @@
+"""The `sidemeter` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent import __version__
+from agent import config as configmod
+from agent.config import Config, ConfigError
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML config file (default: ./sidemeter.toml when it exists).",
+)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _load(config_path: str | None, **overrides: Any) -> Config:
+    try:
+        return configmod.load(config_path, overrides)
+    except ConfigError as e:
+        _fail(str(e))
+        raise  # unreachable; keeps type checkers calm
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # mitmproxy logs every connection at info; the sidecar's own lines are what operators need.
+    logging.getLogger("mitmproxy").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sidemeter")
+def main() -> None:
+    """Sidemeter: a metering sidecar for self-hosted LLM servers.
+
+    Clients talk to the sidecar's port instead of the LLM server's; every request is relayed
+    unchanged and leaves one usage record (who, model, tokens, latency, time to first token).
+    """
+
+
+# -- run ------------------------------------------------------------------------------
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--upstream", help="LLM server URL, e.g. http://127.0.0.1:11434 (Ollama) or :8000 (vLLM).")
+@click.option("--listen", help="HOST:PORT for clients [default: 0.0.0.0:8080].")
+@click.option("--ops-listen", help="HOST:PORT for the ops API [default: 0.0.0.0:9090].")
+@click.option("--db", help="Usage store URL [default: sqlite:///data/usage.db].")
+@click.option("--auth", type=click.Choice(["jwt", "off"]), help="jwt (default) or off.")
+@click.option("--data-dir", help="Directory for spill files and runtime state [default: data].")
+@click.option("--grace-period", type=float, help="Seconds to let in-flight streams finish on SIGTERM.")
+@click.option("--capture-prompts/--no-capture-prompts", default=None, help="Store prompt text.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+def run(config_path: str | None, **flags: Any) -> None:
+    """Run the sidecar in front of an LLM server until SIGTERM or Ctrl-C."""
+    from agent.runtime import StartupError, serve
+
+    cfg = _load(config_path, **flags)
+    _setup_logging(cfg.log_level)
+    if cfg.auth == "jwt" and not cfg.jwt_secret:
+        _fail(
+            "no JWT key is configured, so clients cannot be authenticated; configure one "
+            "(--jwt-secret / SIDEMETER_JWT_SECRET) or pass --auth off to run without authentication"
+        )
+    if cfg.auth == "jwt":
+        _fail("JWT verification is not part of this build yet; pass --auth off")
+    try:
+        asyncio.run(serve(cfg))
+    except StartupError as e:
+        _fail(str(e))
+
+
+# -- simulated upstream and demo ----------------------------------------------------------
+
+
+@main.command("mock-upstream")
+@click.option("--dialect", type=click.Choice(["ollama", "openai"]), default="ollama", show_default=True)
+@click.option("--listen", default="127.0.0.1:11434", show_default=True, help="HOST:PORT to serve on.")
+@click.option(
+    "--flavor",
+    type=click.Choice(["vllm", "llamacpp"]),
+    default="vllm",
+    show_default=True,
+    help="For --dialect openai: where streamed usage goes "
+    "(vLLM's separate chunk or llama.cpp's finish chunk).",
+)
+@click.option("--token-delay", type=float, default=0.02, show_default=True, help="Seconds between tokens.")
+def mock_upstream(dialect: str, listen: str, flavor: str, token_delay: float) -> None:
+    """Serve a simulated LLM server (Ollama or vLLM wire format) for demos and tests."""
+    from agent.mock_upstream import serve
+
+    try:
+        host, port = configmod.parse_hostport(listen, "--listen")
+    except ConfigError as e:
+        _fail(str(e))
+    serve(dialect, host, port, flavor=flavor, token_delay=token_delay)
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="Sidecar HOST:PORT.")
+@click.option("--ops-listen", default="127.0.0.1:9090", show_default=True, help="Ops API HOST:PORT.")
+@click.option("--db", default="sqlite:///data/demo.db", show_default=True, help="Usage store URL.")
+@click.option("-n", "--requests", "count", default=12, show_default=True, help="Requests in the burst.")
+@click.option("--exit", "exit_after", is_flag=True, help="Exit after printing the table.")
+def demo(listen: str, ops_listen: str, db: str, count: int, exit_after: bool) -> None:
+    """Simulated LLM server + sidecar + a burst of traffic; prints the usage table and URLs."""
+    from agent.demo import run_demo
+    from agent.runtime import StartupError
+
+    _setup_logging("warning")
+    try:
+        asyncio.run(run_demo(listen=listen, ops_listen=ops_listen, db=db, count=count, exit_after=exit_after))
+    except StartupError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        pass
+
+
+# -- usage ------------------------------------------------------------------------------
+
+
+@main.group()
+def usage() -> None:
+    """Read usage records."""
+
+
+@usage.command("export")
+@CONFIG_OPTION
+@click.option("--db", help="Usage store URL [default: from config].")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--since", help="Only records newer than this: 24h, 30m, 7d or an ISO-8601 time.")
+@click.option("-o", "--output", type=click.File("w"), default="-", help="File to write [default: stdout].")
+def usage_export(config_path: str | None, db: str | None, fmt: str, since: str | None, output: Any) -> None:
+    """Print usage records, one JSON object per line (jsonl) or CSV with a header."""
+    from agent.store import StoreError, export_records, open_database, parse_since
+
+    cfg = _load(config_path, db=db)
+    try:
+        since_dt = parse_since(since) if since else None
+    except ValueError as e:
+        _fail(f"--since: {e}")
+    try:
+        database = open_database(cfg.db)
+    except StoreError as e:
+        _fail(str(e))
+    n = export_records(database, output, fmt=fmt, since=since_dt)
+    click.echo(f"{n} record(s) exported", err=True)
+
+
+# -- config ------------------------------------------------------------------------------
+
+
+@main.group("config")
+def config_group() -> None:
+    """Create, inspect and change the config file."""
+
+
+def _config_file(path: str | None) -> Path:
+    return Path(path or configmod.DEFAULT_CONFIG_FILE)
+
+
+@config_group.command("init")
+@click.argument("path", required=False)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def config_init(path: str | None, force: bool) -> None:
+    """Write a commented config file with every key at its default."""
+    target = _config_file(path)
+    if target.exists() and not force:
+        _fail(f"{target} exists; pass --force to overwrite it")
+    lines = [
+        "# Sidemeter configuration. Every key can also be set as SIDEMETER_<KEY> or a flag.",
+        "",
+    ]
+    defaults = Config().to_dict()
+    for key in Config.field_names():
+        lines.append(f"# {Config.help_for(key)}")
+        value = defaults[key]
+        if value is None:
+            lines.append(f'# {key} = ""')
+        else:
+            import tomli_w
+
+            lines.append(tomli_w.dumps({key: value}).strip())
+        lines.append("")
+    target.write_text("\n".join(lines))
+    click.echo(f"wrote {target}")
+
+
+@config_group.command("show")
+@CONFIG_OPTION
+def config_show(config_path: str | None) -> None:
+    """Print the effective config (defaults < file < environment), secrets masked."""
+    import tomli_w
+
+    cfg = _load(config_path)
+    d = {k: v for k, v in cfg.to_dict(redact=True).items() if v is not None}
+    click.echo(tomli_w.dumps(d), nl=False)
+
+
+@config_group.command("validate")
+@CONFIG_OPTION
+def config_validate(config_path: str | None) -> None:
+    """Check the config; exit non-zero with the reason when something cannot work."""
+    _load(config_path)
+    click.echo("config ok")
+
+
+@config_group.command("get")
+@CONFIG_OPTION
+@click.argument("key")
+def config_get(config_path: str | None, key: str) -> None:
+    """Print one effective value."""
+    if key not in Config.field_names():
+        _fail(f"unknown key {key!r}; known keys: {', '.join(Config.field_names())}")
+    value = _load(config_path).to_dict(redact=True)[key]
+    click.echo("" if value is None else str(value).lower() if isinstance(value, bool) else value)
+
+
+@config_group.command("set")
+@CONFIG_OPTION
+@click.argument("key")
+@click.argument("value")
+def config_set(config_path: str | None, key: str, value: str) -> None:
+    """Set KEY to VALUE in the config file (created when missing), checking the result."""
+    import tomli_w
+
+    if key not in Config.field_names():
+        _fail(f"unknown key {key!r}; known keys: {', '.join(Config.field_names())}")
+    target = _config_file(config_path)
+    try:
+        current = configmod.read_file(target) if target.exists() else {}
+        current[key] = configmod._coerce(key, value, "the command line")
+        Config(**current).validate()
+    except ConfigError as e:
+        _fail(str(e))
+    target.write_text(tomli_w.dumps(current))
+    click.echo(f"{key} = {value} written to {target}")
+
+
+# -- db ------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Manage the usage database."""
+
+
+def _open(config_path: str | None, db_url: str | None):
+    from agent.store import StoreError, open_database
+
+    cfg = _load(config_path, db=db_url)
+    try:
+        return cfg, open_database(cfg.db)
+    except StoreError as e:
+        _fail(str(e))
+        raise
+
+
+@db.command("migrate")
+@CONFIG_OPTION
+@click.option("--db", "db_url", help="Usage store URL [default: from config].")
+def db_migrate(config_path: str | None, db_url: str | None) -> None:
+    """Create or upgrade the schema (the sidecar also does this at start)."""
+    from agent.store import StoreError, migrate
+
+    cfg, database = _open(config_path, db_url)
+    try:
+        version = migrate(database)
+    except StoreError as e:
+        _fail(str(e))
+    click.echo(f"{cfg.db}: schema version {version}")
+
+
+@db.command("prune")
+@CONFIG_OPTION
+@click.option("--db", "db_url", help="Usage store URL [default: from config].")
+@click.option("--older-than", required=True, help="Delete records older than this, e.g. 30d.")
+def db_prune(config_path: str | None, db_url: str | None, older_than: str) -> None:
+    """Delete old usage records."""
+    from agent.store import parse_duration, prune
+
+    try:
+        age = parse_duration(older_than)
+    except ValueError as e:
+        _fail(f"--older-than: {e}")
+    _, database = _open(config_path, db_url)
+    click.echo(f"{prune(database, age)} record(s) deleted")
+
+
+@db.command("reset")
+@CONFIG_OPTION
+@click.option("--db", "db_url", help="Usage store URL [default: from config].")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+def db_reset(config_path: str | None, db_url: str | None, yes: bool) -> None:
+    """Delete every usage record."""
+    from agent.store import UsageLog, migrate
+
+    cfg, database = _open(config_path, db_url)
+    if not yes:
+        click.confirm(f"Delete every usage record in {cfg.db}?", abort=True)
+    migrate(database)
+    with database.bind_ctx([UsageLog]):
+        n = UsageLog.delete().execute()
+    click.echo(f"{n} record(s) deleted")
+
+
+if __name__ == "__main__":
+    main()

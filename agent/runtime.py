@@ -1,0 +1,254 @@
+"""The running sidecar: mitmproxy's master in reverse mode, the ops API and the store writer,
+all in one process and one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+from aiohttp import web
+from mitmproxy import options
+from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
+from mitmproxy.master import Master
+
+from addons.errors import DialectErrors
+from addons.meter import Meter
+from addons.record import Recorder
+from agent.config import Config, parse_size
+from agent.store import StoreError, UsageStore
+from ops_api.app import build_app
+
+log = logging.getLogger("sidemeter")
+
+
+class StartupError(Exception):
+    """Why the sidecar cannot start, in one line that names the path, port or URL and what to do."""
+
+
+class _Lifecycle:
+    """Tells the runtime when mitmproxy has brought its listeners up."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    def running(self) -> None:
+        self.started.set()
+
+
+class Sidecar:
+    """Starts, runs and gracefully stops the proxy, the ops API and the store writer."""
+
+    def __init__(self, config: Config, *, store: UsageStore | None = None) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        self.store = store or UsageStore(
+            config.db,
+            queue_size=config.queue_size,
+            batch_size=config.batch_size,
+            spill_dir=self.data_dir / "spill",
+        )
+        self.recorder = Recorder(self.store)
+        self.started_at = time.time()
+        self.master: Master | None = None
+        self._master_task: asyncio.Task[None] | None = None
+        self._ops_runner: web.AppRunner | None = None
+        self._draining = False
+        self._stop_requested = asyncio.Event()
+        self.proxy_port: int | None = None
+        self.ops_port: int | None = None
+
+    # -- state the ops API reads ---------------------------------------------------
+
+    @property
+    def proxy_listening(self) -> bool:
+        return self.master is not None and self.proxy_port is not None and not self._draining
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    # -- start -----------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        """Fail early, with one line each, on what would otherwise fail half-started."""
+        self.config.validate()
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.data_dir):
+                pass
+        except OSError as e:
+            raise StartupError(
+                f"data directory {self.data_dir} is not writable ({e.strerror}); "
+                "fix its permissions or pass --data-dir"
+            ) from None
+        for key, (host, port) in (
+            ("--listen", self.config.listen_address),
+            ("--ops-listen", self.config.ops_address),
+        ):
+            _check_port_free(key, host, port)
+        if self.config.listen_address[1] and self.config.listen_address == self.config.ops_address:
+            raise StartupError(
+                f"--listen and --ops-listen are both {self.config.listen}; give them different ports"
+            )
+
+    async def start(self) -> None:
+        self.preflight()
+        try:
+            await asyncio.to_thread(self.store.start)
+        except StoreError as e:
+            raise StartupError(str(e)) from None
+        try:
+            await self._start_proxy()
+            await self._start_ops()
+        except BaseException:
+            await self._teardown()
+            raise
+        log.info(
+            "sidemeter proxy on %s -> %s, ops API on %s, usage store %s",
+            _fmt(self.config.listen_address[0], self.proxy_port),
+            self.config.upstream,
+            _fmt(self.config.ops_address[0], self.ops_port),
+            self.config.db,
+        )
+
+    async def _start_proxy(self) -> None:
+        cfg = self.config
+        opts = options.Options()
+        master = Master(opts)
+        lifecycle = _Lifecycle()
+        # Only what a plain-HTTP reverse proxy needs: every loaded addon costs every hook.
+        stock: list[object] = [core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer()]
+        if cfg.upstream.startswith("https:"):
+            stock.append(tlsconfig.TlsConfig())
+        master.addons.add(*stock, DialectErrors(), Meter(), self.recorder, lifecycle)
+        host, port = cfg.listen_address
+        # Addon options exist only once the addons are loaded, so they are set now.
+        opts.update(
+            mode=[f"reverse:{cfg.upstream}@{host}:{port}" if host else f"reverse:{cfg.upstream}@{port}"],
+            connection_strategy="lazy",
+            confdir=str(self.data_dir / "mitmproxy"),
+            body_size_limit=str(parse_size(cfg.body_size_limit, "body_size_limit")),
+            sidemeter_capture_prompts=cfg.capture_prompts,
+        )
+        self.master = master
+        self._master_task = asyncio.create_task(master.run(), name="mitmproxy")
+        started = asyncio.create_task(lifecycle.started.wait())
+        await asyncio.wait({started, self._master_task}, return_when=asyncio.FIRST_COMPLETED)
+        ps = master.addons.get("proxyserver")
+        servers = list(ps.servers) if ps else []
+        failed = [s for s in servers if not s.is_running]
+        if not started.done() or failed or not servers:
+            started.cancel()
+            why = failed[0].last_exception if failed else "the proxy stopped while starting"
+            raise StartupError(f"proxy could not listen on {cfg.listen}: {why}")
+        addrs = servers[0].listen_addrs
+        self.proxy_port = addrs[0][1] if addrs else port
+
+    async def _start_ops(self) -> None:
+        host, port = self.config.ops_address
+        self._ops_runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+        await self._ops_runner.setup()
+        site = web.TCPSite(self._ops_runner, host, port)
+        try:
+            await site.start()
+        except OSError as e:
+            raise StartupError(
+                f"ops API could not listen on {self.config.ops_listen}: {e.strerror}; pass --ops-listen"
+            ) from None
+        server = site._server  # aiohttp exposes the bound port only here (port 0 = ephemeral)
+        sockets = getattr(server, "sockets", None) or []
+        self.ops_port = sockets[0].getsockname()[1] if sockets else port
+
+    # -- run and stop ------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def run_until_stopped(self) -> None:
+        assert self._master_task is not None
+        stop = asyncio.create_task(self._stop_requested.wait())
+        await asyncio.wait({stop, self._master_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish within the grace period, drain the store."""
+        if self._draining:
+            return
+        self._draining = True
+        if self.master is not None and self._master_task and not self._master_task.done():
+            self.master.options.update(server=False)  # closes the listeners, keeps open flows
+            pending = self.recorder.in_flight
+            if pending:
+                log.info(
+                    "waiting up to %ss for %d in-flight request(s)",
+                    self.config.grace_period,
+                    pending,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.recorder.idle.wait(), self.config.grace_period)
+            if self.recorder.in_flight:
+                log.warning("grace period over: cutting %d request(s)", self.recorder.in_flight)
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        if self.master is not None and self._master_task is not None:
+            self.master.shutdown()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._master_task
+        if self._ops_runner is not None:
+            await self._ops_runner.cleanup()
+            self._ops_runner = None
+        await asyncio.to_thread(self.store.close)
+        log.info(
+            "stopped: %d record(s) written, %d spilled to disk",
+            self.store.written_total,
+            self.store.spilled_total,
+        )
+
+
+def _check_port_free(flag: str, host: str, port: int) -> None:
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"port {port} on {host} is in use ({flag} {host}:{port}); "
+                    f"stop what uses it or pass {flag}"
+                ) from None
+            raise StartupError(f"cannot listen on {host}:{port} ({flag}): {e.strerror}") from None
+
+
+def _fmt(host: str, port: int | None) -> str:
+    return f"{host}:{port}"
+
+
+async def serve(config: Config) -> None:
+    """`sidemeter run`: start, serve until SIGTERM/SIGINT, stop gracefully."""
+    sidecar = Sidecar(config)
+    await sidecar.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, sidecar.request_stop)
+    if config.auth == "off":
+        log.warning(
+            "AUTHENTICATION IS OFF: every client is served and attributed by X-User-Id or as 'anonymous'"
+        )
+    print(
+        f"sidemeter ready: proxy :{sidecar.proxy_port}, ops :{sidecar.ops_port} (pid {os.getpid()})",
+        flush=True,
+    )
+    await sidecar.run_until_stopped()

@@ -1,0 +1,126 @@
+"""Fixtures that start the real thing: the simulated LLM server and the sidecar on loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from agent.config import Config
+from agent.mock_upstream import SimulatedLLM
+from agent.records import UsageRecord
+from agent.runtime import Sidecar
+from agent.store import get_record, open_database
+
+
+class RunningSidecar:
+    """A sidecar in this test's event loop, with a way to wait for a request's record."""
+
+    def __init__(self, sidecar: Sidecar, upstream: str) -> None:
+        self.sidecar = sidecar
+        self.upstream = upstream
+        self.url = f"http://127.0.0.1:{sidecar.proxy_port}"
+        self.ops_url = f"http://127.0.0.1:{sidecar.ops_port}"
+        self._seen: dict[str, UsageRecord] = {}
+        self._waiters: dict[str, asyncio.Future[UsageRecord]] = {}
+        self.count = 0
+        sidecar.recorder.listeners.append(self._on_record)
+
+    def _on_record(self, rec: UsageRecord) -> None:
+        self.count += 1
+        self._seen[rec.request_id] = rec
+        fut = self._waiters.pop(rec.request_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(rec)
+
+    async def record(self, request_id: str, timeout: float = 10.0) -> UsageRecord:
+        """The record as stored in the database, once the sidecar has submitted it."""
+        if request_id not in self._seen:
+            fut = self._waiters.setdefault(request_id, asyncio.get_running_loop().create_future())
+            await asyncio.wait_for(fut, timeout)
+        assert await asyncio.to_thread(self.sidecar.store.flush, timeout)
+        db = open_database(self.sidecar.config.db)
+        try:
+            stored = get_record(db, request_id)
+        finally:
+            db.close()
+        assert stored is not None, f"record {request_id} was submitted but is not in the database"
+        return stored
+
+    def last_request_id(self) -> str:
+        return next(reversed(self._seen))
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/usage.db"
+
+
+def sidecar_config(upstream: str, tmp_path: Path, db_url: str, **kw: object) -> Config:
+    return Config(
+        upstream=upstream,
+        listen="127.0.0.1:0",
+        ops_listen="127.0.0.1:0",
+        db=db_url,
+        auth="off",
+        data_dir=str(tmp_path / "data"),
+        grace_period=5.0,
+        **kw,  # type: ignore[arg-type]
+    ).validate()
+
+
+StartSidecar = Callable[..., "asyncio.Future[RunningSidecar]"]
+
+
+@pytest.fixture
+async def start_sidecar(tmp_path: Path, db_url: str) -> AsyncIterator[Callable[..., object]]:
+    started: list[Sidecar] = []
+
+    async def start(upstream: str, **kw: object) -> RunningSidecar:
+        sc = Sidecar(sidecar_config(upstream, tmp_path, db_url, **kw))
+        await sc.start()
+        started.append(sc)
+        return RunningSidecar(sc, upstream)
+
+    yield start
+    for sc in started:
+        await sc.stop()
+
+
+@pytest.fixture
+async def sim_openai() -> AsyncIterator[SimulatedLLM]:
+    sim = SimulatedLLM("openai")
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+@pytest.fixture
+async def sim_ollama() -> AsyncIterator[SimulatedLLM]:
+    sim = SimulatedLLM("ollama")
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+@pytest.fixture
+async def openai_side(sim_openai: SimulatedLLM, start_sidecar: Callable[..., object]) -> RunningSidecar:
+    return await start_sidecar(sim_openai.url)  # type: ignore[misc]
+
+
+@pytest.fixture
+async def ollama_side(sim_ollama: SimulatedLLM, start_sidecar: Callable[..., object]) -> RunningSidecar:
+    return await start_sidecar(sim_ollama.url)  # type: ignore[misc]
+
+
+@pytest.fixture(params=["openai", "ollama"])
+async def any_side(
+    request: pytest.FixtureRequest, start_sidecar: Callable[..., object]
+) -> AsyncIterator[tuple[str, RunningSidecar]]:
+    """The sidecar in front of a simulated server of each dialect, one per test run."""
+    sim = SimulatedLLM(request.param)
+    await sim.start()
+    yield request.param, await start_sidecar(sim.url)  # type: ignore[misc]
+    await sim.stop()
