@@ -48,14 +48,23 @@ def render_error(request: http.Request | None, status: int, detail: str) -> byte
 _original_send = _http1.Http1Server.send
 
 
+def status_of(code: Any) -> int | None:
+    """The HTTP status mitmproxy would answer with, or None for "send nothing".
+    mitmproxy 11 passes a status (NO_RESPONSE: nothing); 12 an ErrorCode that maps to one."""
+    to_status = getattr(code, "http_status_code", None)
+    if to_status is not None:
+        return to_status()
+    return None if code == status_codes.NO_RESPONSE else int(code)
+
+
 def _send(self: _http1.Http1Server, event: Any) -> Generator[commands.Command, Any, None]:
     if (
         isinstance(event, ResponseProtocolError)
         and not self.response
-        and event.code != status_codes.NO_RESPONSE
         and self.conn.state & ConnectionState.CAN_WRITE
+        and (status := status_of(event.code)) is not None
     ):
-        yield commands.SendData(self.conn, render_error(self.request, event.code, event.message))
+        yield commands.SendData(self.conn, render_error(self.request, status, event.message))
         yield commands.CloseConnection(self.conn)
         return
     yield from _original_send(self, event)
