@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -23,7 +25,50 @@ CONFIG_OPTION = click.option(
 )
 
 
-def _fail(message: str) -> None:
+def _key_options(*, secret: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The flags that say how bearer tokens are verified (shared by `run` and `token verify`)."""
+    file_path = click.Path(dir_okay=False)
+    opts = [
+        click.option(
+            "--jwt-secret-file", type=file_path, help="File holding the shared HS256/384/512 secret."
+        ),
+        click.option(
+            "--jwt-public-key",
+            type=file_path,
+            metavar="FILE",
+            help="PEM public key or certificate: RSA (RS*/PS*), EC (ES*) or Ed25519 (EdDSA) tokens.",
+        ),
+        click.option(
+            "--jwks-url", metavar="URL", help="Identity provider's JWKS URL (cached and refreshed)."
+        ),
+        click.option("--jwks-file", type=file_path, metavar="FILE", help="Local JWKS (JSON) file."),
+        click.option("--jwt-audience", metavar="AUD", help="Required audience (aud); commas for several."),
+        click.option("--jwt-issuer", metavar="ISS", help="Required issuer (iss)."),
+        click.option(
+            "--jwt-leeway", type=int, metavar="S", help="Clock skew allowed, seconds [default: 30]."
+        ),
+        click.option("--team-claim", metavar="CLAIM", help="Claim naming the team [default: team]."),
+    ]
+    if secret:
+        opts.insert(
+            0,
+            click.option(
+                "--jwt-secret",
+                metavar="SECRET",
+                help="Shared HS256/384/512 secret. Command lines are visible to other users: "
+                "prefer SIDEMETER_JWT_SECRET or --jwt-secret-file.",
+            ),
+        )
+
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return apply
+
+
+def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
 
@@ -65,7 +110,29 @@ def main() -> None:
 @click.option("--listen", help="HOST:PORT for clients [default: 0.0.0.0:8080].")
 @click.option("--ops-listen", help="HOST:PORT for the ops API [default: 0.0.0.0:9090].")
 @click.option("--db", help="Usage store URL [default: sqlite:///data/usage.db].")
-@click.option("--auth", type=click.Choice(["jwt", "off"]), help="jwt (default) or off.")
+@click.option(
+    "--auth",
+    type=click.Choice(["jwt", "off"]),
+    help="jwt (default): every request needs a valid bearer JWT; off: no authentication.",
+)
+@_key_options(secret=True)
+@click.option(
+    "--require-user-match/--no-require-user-match",
+    default=None,
+    help="Refuse requests whose X-User-Id, when sent, differs from the token's sub.",
+)
+@click.option("--max-token-bytes", type=int, help="Largest bearer token accepted [default: 8192].")
+@click.option(
+    "--forward-authorization/--no-forward-authorization",
+    default=None,
+    help="Pass the client's Authorization header on to the LLM server (removed by default).",
+)
+@click.option(
+    "--upstream-api-key",
+    metavar="KEY",
+    help="Send Authorization: Bearer KEY to the LLM server (vLLM --api-key); "
+    "SIDEMETER_UPSTREAM_API_KEY keeps it off the command line.",
+)
 @click.option("--data-dir", help="Directory for spill files and runtime state [default: data].")
 @click.option("--grace-period", type=float, help="Seconds to let in-flight streams finish on SIGTERM.")
 @click.option("--capture-prompts/--no-capture-prompts", default=None, help="Store prompt text.")
@@ -76,13 +143,6 @@ def run(config_path: str | None, **flags: Any) -> None:
 
     cfg = _load(config_path, **flags)
     _setup_logging(cfg.log_level)
-    if cfg.auth == "jwt" and not cfg.jwt_secret:
-        _fail(
-            "no JWT key is configured, so clients cannot be authenticated; configure one "
-            "(--jwt-secret / SIDEMETER_JWT_SECRET) or pass --auth off to run without authentication"
-        )
-    if cfg.auth == "jwt":
-        _fail("JWT verification is not part of this build yet; pass --auth off")
     try:
         asyncio.run(serve(cfg))
     except StartupError as e:
@@ -133,6 +193,148 @@ def demo(listen: str, ops_listen: str, db: str, count: int, exit_after: bool) ->
         _fail(str(e))
     except KeyboardInterrupt:
         pass
+
+
+# -- token ------------------------------------------------------------------------------
+
+
+@main.group()
+def token() -> None:
+    """Issue and verify bearer JWTs with the configured key (for demos, tests and scripts;
+    in production your identity provider issues them)."""
+
+
+def _claim_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+@token.command("issue")
+@CONFIG_OPTION
+@click.option("--sub", required=True, help="The user: the token's sub claim.")
+@click.option("--team", help="The team, put in the claim named by team_claim [default claim: team].")
+@click.option("--ttl", default="15m", show_default=True, help="Lifetime: 90s, 15m, 1h, 7d or 1h30m.")
+@click.option(
+    "--claim",
+    "extra",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help='Extra claim, repeatable. VALUE is read as JSON when it parses (42, true, ["a"]), else as '
+    "text; it overrides the claims above.",
+)
+@click.option(
+    "--private-key",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Sign with this PEM private key (RS256, ES256/384/512 or EdDSA, by key type) "
+    "instead of the configured secret.",
+)
+@click.option("--kid", help="Key id header: the kid of the matching public key in the sidecar's JWKS.")
+def token_issue(
+    config_path: str | None,
+    sub: str,
+    team: str | None,
+    ttl: str,
+    extra: tuple[str, ...],
+    private_key: str | None,
+    kid: str | None,
+) -> None:
+    """Print a signed JWT for --sub (the token is the last line of stdout).
+
+    Signed with the configured shared secret (HS256), or with --private-key. The configured
+    jwt_audience and jwt_issuer are put in, so the token passes this sidecar's checks.
+    """
+    from agent.auth import AuthSettings, KeyConfigError, SigningKey, issue_token, load_secret
+    from agent.store import parse_duration
+
+    cfg = _load(config_path)
+    try:
+        lifetime = parse_duration(ttl).total_seconds()
+    except ValueError as e:
+        _fail(f"--ttl: {e}")
+    if lifetime <= 0:
+        _fail("--ttl: must be longer than 0s")
+    claims: dict[str, Any] = {}
+    for item in extra:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            _fail(f"--claim {item!r}: use KEY=VALUE, e.g. --claim scope=chat")
+        claims[key] = _claim_value(raw)
+    settings = AuthSettings.from_config(cfg)
+    try:
+        if private_key:
+            signing = SigningKey.from_private_key_file(private_key, kid)
+        elif cfg.jwt_secret or cfg.jwt_secret_file:
+            signing = SigningKey.from_secret(load_secret(settings), kid)
+        else:
+            verifies_with = ", ".join(cfg.key_sources)
+            _fail(
+                "no signing key: configure the shared secret (SIDEMETER_JWT_SECRET or jwt_secret_file) "
+                "or pass --private-key FILE"
+                + (
+                    f" (the sidecar verifies with {verifies_with}: use its private key)"
+                    if verifies_with
+                    else ""
+                )
+            )
+    except KeyConfigError as e:
+        _fail(str(e))
+    audiences = settings.audiences
+    text = issue_token(
+        signing,
+        sub,
+        team=team,
+        ttl=lifetime,
+        team_claim=cfg.team_claim,
+        audience=audiences[0] if audiences else None,
+        issuer=cfg.jwt_issuer,
+        extra=claims,
+    )
+    click.echo(
+        f"token for {sub}{f' (team {team})' if team else ''}, {signing.algorithm}, valid for {ttl}",
+        err=True,
+    )
+    click.echo(text)
+
+
+@token.command("verify")
+@CONFIG_OPTION
+@_key_options(secret=False)
+@click.argument("token_text", metavar="[TOKEN]", required=False)
+def token_verify(config_path: str | None, token_text: str | None, **flags: Any) -> None:
+    """Check TOKEN exactly as the sidecar would and print its claims (JSON), or the reason
+    it fails (exit 1). Reads the token from stdin when TOKEN is - or left out."""
+    from agent.auth import AuthError, AuthSettings, KeyConfigError, Verifier
+
+    cfg = _load(config_path, **flags)
+    settings = AuthSettings.from_config(cfg)
+    if not settings.key_sources:
+        _fail(
+            "no key to verify with: configure jwt_secret (SIDEMETER_JWT_SECRET), jwt_secret_file, "
+            "jwt_public_key, jwks_url or jwks_file (or pass --jwt-public-key, --jwks-url, ...)"
+        )
+    try:
+        verifier = Verifier.from_settings(settings)
+    except KeyConfigError as e:
+        _fail(str(e))
+    text = token_text if token_text and token_text != "-" else sys.stdin.read()
+    text = text.strip().removeprefix("Bearer ").strip()
+
+    async def check() -> Any:
+        try:
+            return await verifier.verify(text)
+        finally:
+            await verifier.aclose()
+
+    try:
+        identity = asyncio.run(check())
+    except AuthError as e:
+        click.echo(f"invalid token: {e.reason}: {e.description}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(dict(identity.claims), indent=2, sort_keys=True))
+    click.echo(f"valid: user {identity.user}, team {identity.team or '-'}", err=True)
 
 
 # -- usage ------------------------------------------------------------------------------

@@ -15,6 +15,10 @@ ENV_PREFIX = "SIDEMETER_"
 DEFAULT_CONFIG_FILE = "sidemeter.toml"
 
 
+# Where the JWT verification key comes from; exactly one may be set when auth is jwt.
+KEY_SOURCES = ("jwt_secret", "jwt_secret_file", "jwt_public_key", "jwks_url", "jwks_file")
+
+
 class ConfigError(ValueError):
     """A setting that cannot work; the message names the key, the value and what to do."""
 
@@ -39,7 +43,55 @@ class Config:
         metadata={"help": "jwt: verify bearer tokens; off: no authentication (say so explicitly)."},
     )
     jwt_secret: str | None = field(
-        default=None, metadata={"help": "Shared secret for HS256/384/512 tokens.", "secret": True}
+        default=None,
+        repr=False,
+        metadata={
+            "help": "Shared secret for HS256/384/512 tokens (SIDEMETER_JWT_SECRET keeps it out of files).",
+            "secret": True,
+        },
+    )
+    jwt_secret_file: str | None = field(
+        default=None,
+        metadata={"help": "File holding the shared HS256/384/512 secret (surrounding whitespace ignored)."},
+    )
+    jwt_public_key: str | None = field(
+        default=None,
+        metadata={"help": "PEM public key (or certificate) file for RS*/PS*, ES* or EdDSA tokens."},
+    )
+    jwks_url: str | None = field(
+        default=None,
+        metadata={"help": "URL of the identity provider's JWKS; cached, refreshed, refetched on a new kid."},
+    )
+    jwks_file: str | None = field(default=None, metadata={"help": "Local JWKS (JSON) file of public keys."})
+    jwt_audience: str | None = field(
+        default=None,
+        metadata={"help": "Required token audience (aud); several accepted values separated by commas."},
+    )
+    jwt_issuer: str | None = field(default=None, metadata={"help": "Required token issuer (iss)."})
+    jwt_leeway: int = field(
+        default=30,
+        metadata={"help": "Seconds of clock skew allowed when checking exp, nbf and iat."},
+    )
+    team_claim: str = field(
+        default="team",
+        metadata={"help": "Token claim that names the caller's team (a dotted path reaches nested claims)."},
+    )
+    require_user_match: bool = field(
+        default=False,
+        metadata={"help": "Refuse requests whose X-User-Id header, when sent, differs from the token's sub."},
+    )
+    max_token_bytes: int = field(default=8192, metadata={"help": "Largest bearer token accepted, in bytes."})
+    jwks_refresh: int = field(
+        default=300,
+        metadata={"help": "Seconds a fetched JWKS is used before it is fetched again."},
+    )
+    upstream_api_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "help": "Sent upstream as Authorization: Bearer <key> (vLLM --api-key) instead of the client's.",
+            "secret": True,
+        },
     )
     grace_period: float = field(
         default=30.0,
@@ -85,7 +137,7 @@ class Config:
         d = dataclasses.asdict(self)
         if redact:
             for k, v in d.items():
-                if v is not None and self.is_secret(k):
+                if v and self.is_secret(k):
                     d[k] = "***"
         return d
 
@@ -101,6 +153,11 @@ class Config:
     @property
     def ops_address(self) -> tuple[str, int]:
         return parse_hostport(self.ops_listen, "ops_listen")
+
+    @property
+    def key_sources(self) -> list[str]:
+        """The JWT key sources that are set (empty values, e.g. `SIDEMETER_JWT_SECRET=`, are unset)."""
+        return [k for k in KEY_SOURCES if getattr(self, k)]
 
     def validate(self) -> Config:
         """Check every value; raise ConfigError for the first that cannot work."""
@@ -131,7 +188,30 @@ class Config:
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
         parse_size(self.body_size_limit, "body_size_limit")
+        self._validate_auth()
         return self
+
+    def _validate_auth(self) -> None:
+        sources = self.key_sources
+        if len(sources) > 1:
+            raise ConfigError(
+                f"{' and '.join(sources)} are all set; configure exactly one JWT key source "
+                "(a shared secret, a public key file or a JWKS)"
+            )
+        if self.jwks_url:
+            u = urlsplit(self.jwks_url)
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise ConfigError(
+                    f"jwks_url: {self.jwks_url!r} is not an http(s) URL; "
+                    "use your identity provider's JWKS address, e.g. https://idp.example.com/.well-known/jwks.json"
+                )
+        for key in ("max_token_bytes", "jwks_refresh"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be positive, got {getattr(self, key)!r}")
+        if self.jwt_leeway < 0:
+            raise ConfigError(f"jwt_leeway: must be 0 or more seconds, got {self.jwt_leeway!r}")
+        if not self.team_claim.strip():
+            raise ConfigError("team_claim: must name a claim, e.g. team")
 
 
 def parse_hostport(value: str, key: str) -> tuple[str, int]:

@@ -1,11 +1,15 @@
 """`sidemeter demo`: a simulated Ollama server, the sidecar in front of it, a burst of mixed
-traffic through it, and the usage table those requests left in the store."""
+traffic through it, and the usage table those requests left in the store.
+
+Authentication is on, as in production: the demo makes an ephemeral secret, and each demo user
+calls with their own short-lived token, so the table shows who made every request."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import secrets
 import signal
 import sys
 import time
@@ -16,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from agent.auth import SigningKey, issue_token
 from agent.config import Config
 from agent.mock_upstream import SimulatedLLM
 from agent.records import UsageRecord
@@ -23,6 +28,7 @@ from agent.runtime import Sidecar, StartupError
 from agent.store import get_record
 
 MODEL = "llama3.2"
+TEAMS = {"alice": "ml", "bob": "search", "carol": "ml"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +36,7 @@ class DemoCall:
     label: str
     path: str
     body: dict[str, Any]
-    user: str
+    user: str | None  # None: sent without a token, to show a refusal
 
 
 def demo_calls(n: int) -> list[DemoCall]:
@@ -87,14 +93,19 @@ def demo_calls(n: int) -> list[DemoCall]:
             {"model": "no-such-model", "messages": chat, "stream": False},
             "bob",
         ),
+        DemoCall("no token (401)", "/v1/chat/completions", {"model": MODEL, "messages": chat}, None),
     ]
     return [base[i % len(base)] for i in range(n)]
 
 
-async def send(session: aiohttp.ClientSession, url: str, call: DemoCall) -> tuple[str, int, float]:
+async def send(
+    session: aiohttp.ClientSession, url: str, call: DemoCall, tokens: dict[str, str]
+) -> tuple[str, int, float]:
     rid = uuid.uuid4().hex
     t0 = time.perf_counter()
-    headers = {"X-Request-ID": rid, "X-User-Id": call.user}
+    headers = {"X-Request-ID": rid}
+    if call.user is not None:
+        headers["Authorization"] = f"Bearer {tokens[call.user]}"
     async with session.post(url + call.path, json=call.body, headers=headers) as resp:
         async for _ in resp.content.iter_any():  # read the stream as a client would
             pass
@@ -103,6 +114,7 @@ async def send(session: aiohttp.ClientSession, url: str, call: DemoCall) -> tupl
 
 COLUMNS: Sequence[tuple[str, str]] = (
     ("user", "user"),
+    ("team", "team"),
     ("dialect", "dialect"),
     ("endpoint", "endpoint"),
     ("stream", "stream"),
@@ -152,7 +164,13 @@ async def _start_sidecar(cfg: Config) -> Sidecar:
 async def run_demo(*, listen: str, ops_listen: str, db: str, count: int, exit_after: bool) -> None:
     sim = SimulatedLLM("ollama", token_delay=0.01)
     upstream = await sim.start()
-    cfg = Config(upstream=upstream, listen=listen, ops_listen=ops_listen, db=db, auth="off").validate()
+    # Ephemeral: lives as long as this process, so the demo's tokens are worthless afterwards.
+    secret = secrets.token_urlsafe(48)
+    cfg = Config(
+        upstream=upstream, listen=listen, ops_listen=ops_listen, db=db, auth="jwt", jwt_secret=secret
+    ).validate()
+    signing = SigningKey.from_secret(secret)
+    tokens = {user: issue_token(signing, user, team=team, ttl=3600) for user, team in TEAMS.items()}
     sidecar = await _start_sidecar(cfg)
     proxy = f"http://127.0.0.1:{sidecar.proxy_port}"
     ops = f"http://127.0.0.1:{sidecar.ops_port}"
@@ -162,7 +180,7 @@ async def run_demo(*, listen: str, ops_listen: str, db: str, count: int, exit_af
         ids: list[str] = []
         async with aiohttp.ClientSession() as session:
             for i, call in enumerate(calls, 1):
-                rid, status, ms = await send(session, proxy, call)
+                rid, status, ms = await send(session, proxy, call, tokens)
                 ids.append(rid)
                 print(f"  [{i:>2}/{len(calls)}] {call.label:<32} HTTP {status}  {ms:7.1f} ms")
         await asyncio.to_thread(sidecar.store.flush)
@@ -175,10 +193,13 @@ async def run_demo(*, listen: str, ops_listen: str, db: str, count: int, exit_af
         print(format_table(records))
         print()
         print(f"{len(records)} usage record(s) in {db} (table usage_logs)")
-        example = json.dumps({"model": MODEL, "prompt": "hi"})
-        print(f"  send your own:   curl {proxy}/api/generate -d '{example}'")
-        print(f"  OpenAI clients:  base_url={proxy}/v1")
-        print(f"  health:          {ops}/healthz   {ops}/readyz")
+        example = json.dumps({"model": MODEL, "prompt": "hi", "stream": False})
+        print(f"  a token (1h):    TOKEN={tokens['alice']}")
+        print(
+            f"  send your own:   curl {proxy}/api/generate -H \"Authorization: Bearer $TOKEN\" -d '{example}'"
+        )
+        print(f"  OpenAI clients:  base_url={proxy}/v1, api_key=$TOKEN")
+        print(f"  health:          {ops}/healthz   {ops}/readyz   metrics: {ops}/metrics")
         print(f"  export:          sidemeter usage export --db {db}")
         if not exit_after:
             print("running; Ctrl-C to stop")

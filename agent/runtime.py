@@ -19,11 +19,13 @@ from mitmproxy import options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
+from addons.auth import Auth
 from addons.errors import DialectErrors
 from addons.meter import Meter
 from addons.record import Recorder
+from agent.auth import AuthSettings, KeyConfigError, Verifier
 from agent.config import Config, parse_size
-from agent.store import StoreError, UsageStore
+from agent.store import StoreError, UsageStore, redact_url
 from ops_api.app import build_app
 
 log = logging.getLogger("sidemeter")
@@ -56,6 +58,8 @@ class Sidecar:
             spill_dir=self.data_dir / "spill",
         )
         self.recorder = Recorder(self.store)
+        self.auth_settings = AuthSettings.from_config(config)
+        self.verifier: Verifier | None = None  # loaded in preflight when auth is on
         self.started_at = time.time()
         self.master: Master | None = None
         self._master_task: asyncio.Task[None] | None = None
@@ -98,6 +102,23 @@ class Sidecar:
             raise StartupError(
                 f"--listen and --ops-listen are both {self.config.listen}; give them different ports"
             )
+        self._load_auth()
+
+    def _load_auth(self) -> None:
+        """Secure by default: with auth on, a key must be configured and loadable, or no start."""
+        settings = self.auth_settings
+        if not settings.enabled or self.verifier is not None:
+            return
+        if not settings.key_sources:
+            raise StartupError(
+                "no JWT key is configured, so clients cannot be authenticated; configure one "
+                "(SIDEMETER_JWT_SECRET, --jwt-secret-file, --jwt-public-key, --jwks-url or --jwks-file) "
+                "or pass --auth off to run without authentication"
+            )
+        try:
+            self.verifier = Verifier.from_settings(settings)
+        except KeyConfigError as e:
+            raise StartupError(str(e)) from None
 
     async def start(self) -> None:
         self.preflight()
@@ -106,17 +127,20 @@ class Sidecar:
         except StoreError as e:
             raise StartupError(str(e)) from None
         try:
+            if self.verifier is not None:
+                await self.verifier.start()  # warm the JWKS cache; an IdP that is down is only logged
             await self._start_proxy()
             await self._start_ops()
         except BaseException:
             await self._teardown()
             raise
         log.info(
-            "sidemeter proxy on %s -> %s, ops API on %s, usage store %s",
+            "sidemeter proxy on %s -> %s, ops API on %s, usage store %s, auth %s",
             _fmt(self.config.listen_address[0], self.proxy_port),
             self.config.upstream,
             _fmt(self.config.ops_address[0], self.ops_port),
-            self.config.db,
+            redact_url(self.config.db),
+            self.auth_settings.describe(),
         )
 
     async def _start_proxy(self) -> None:
@@ -128,7 +152,10 @@ class Sidecar:
         stock: list[object] = [core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer()]
         if cfg.upstream.startswith("https:"):
             stock.append(tlsconfig.TlsConfig())
-        master.addons.add(*stock, DialectErrors(), Meter(), self.recorder, lifecycle)
+        # Auth right after the error pages and before Meter: it reads Authorization before anything
+        # strips it, and a flow it answers with 401 never goes upstream (Meter sees flow.response).
+        auth = Auth(self.auth_settings, self.verifier)
+        master.addons.add(*stock, DialectErrors(), auth, Meter(), self.recorder, lifecycle)
         host, port = cfg.listen_address
         # Addon options exist only once the addons are loaded, so they are set now.
         opts.update(
@@ -207,6 +234,8 @@ class Sidecar:
         if self._ops_runner is not None:
             await self._ops_runner.cleanup()
             self._ops_runner = None
+        if self.verifier is not None:
+            await self.verifier.aclose()
         await asyncio.to_thread(self.store.close)
         log.info(
             "stopped: %d record(s) written, %d spilled to disk",
@@ -245,7 +274,8 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(sig, sidecar.request_stop)
     if config.auth == "off":
         log.warning(
-            "AUTHENTICATION IS OFF: every client is served and attributed by X-User-Id or as 'anonymous'"
+            "AUTHENTICATION IS OFF (--auth off): every client is served, and attributed by its "
+            "X-User-Id header or as 'anonymous'; configure a JWT key to verify callers"
         )
     print(
         f"sidemeter ready: proxy :{sidecar.proxy_port}, ops :{sidecar.ops_port} (pid {os.getpid()})",

@@ -6,8 +6,10 @@ import time
 from typing import Protocol
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent import __version__
+from agent.metrics import REGISTRY
 from agent.store import UsageStore
 
 
@@ -53,9 +55,15 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=503 if problems else 200)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of the sidecar's registry (agent/metrics.py)."""
+    return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def build_app(sidecar: SidecarView) -> web.Application:
     app = web.Application()
     app[SIDECAR] = sidecar
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app

@@ -59,12 +59,12 @@ def db_url(tmp_path: Path) -> str:
 
 
 def sidecar_config(upstream: str, tmp_path: Path, db_url: str, **kw: object) -> Config:
+    kw.setdefault("auth", "off")  # auth tests pass auth="jwt" and a key
     return Config(
         upstream=upstream,
         listen="127.0.0.1:0",
         ops_listen="127.0.0.1:0",
         db=db_url,
-        auth="off",
         data_dir=str(tmp_path / "data"),
         grace_period=5.0,
         **kw,  # type: ignore[arg-type]

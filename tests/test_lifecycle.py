@@ -145,8 +145,23 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_run_refuses_without_a_key_unless_auth_off(tmp_path: Path) -> None:
-    res = _run("run", "--upstream", "http://127.0.0.1:9", cwd=tmp_path)
+    res = _run(
+        "run",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--listen",
+        "127.0.0.1:0",
+        "--ops-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--db",
+        f"sqlite:///{tmp_path}/u.db",
+        cwd=tmp_path,
+    )
     assert res.returncode != 0 and "--auth off" in res.stderr
+    assert "no JWT key is configured" in res.stderr and "SIDEMETER_JWT_SECRET" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1  # one line, no traceback
 
 
 def test_run_names_a_port_in_use(tmp_path: Path) -> None:

@@ -1,0 +1,23 @@
+"""Prometheus metrics of the sidecar, served by the ops API at `GET /metrics`.
+
+One registry for the process (not the global default one), so `/metrics` shows exactly the
+sidecar's series. Metrics are created here once, never per request (STYLE.md).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+from agent.auth import REASONS
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+AUTH_FAILURES = Counter(
+    "sidemeter_auth_failures",
+    "Requests refused by authentication, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+# Every reason exists from the start at 0, so rate() and alerts work before the first failure.
+for _reason in REASONS:
+    AUTH_FAILURES.labels(_reason)
