@@ -25,6 +25,7 @@ from agent.wire import (
     make_decoder,
     parse_request,
     parse_response,
+    should_inject_usage,
 )
 
 RECORD = "sidemeter.record"
@@ -128,14 +129,7 @@ class Meter:
             rec.prompt = info.prompt_text
         if flow.response is not None:  # answered already (e.g. rejected by auth): nothing goes upstream
             return
-        if (
-            self.inject_usage
-            and info.dialect == "openai"
-            and info.stream
-            and info.operation in ("chat", "completion")
-            and not info.wants_usage
-            and info.error is None
-        ):
+        if self.inject_usage and should_inject_usage(info):
             flow.request.content = add_include_usage(body)
             # The stream gets edited on its way through, which needs it uncompressed.
             flow.request.headers["accept-encoding"] = "identity"
@@ -196,7 +190,12 @@ class Meter:
         state = flow.metadata.get(STREAM)
         now = time.time()
         rec.error = msg
-        if msg == CLIENT_DISCONNECTED:
+        if msg == CLIENT_DISCONNECTED and _finished_stream(flow, state):
+            # The client hung up after the stream's final event went out: openai-python closes
+            # the connection at "data: [DONE]" without reading the end of the body. It got the
+            # whole answer, and the server had done all the work.
+            rec.outcome, rec.error = "ok", None
+        elif msg == CLIENT_DISCONNECTED:
             rec.outcome = "client_cancelled"
         elif "body_size_limit" in msg:
             rec.outcome, rec.status = "rejected", 413
@@ -249,6 +248,18 @@ class Meter:
         rec.reasoning_tokens = usage.reasoning_tokens
         rec.server_duration_ms = usage.server_duration_ms
         rec.tokens_per_second = _rate(rec)
+
+
+def _finished_stream(flow: http.HTTPFlow, state: object) -> bool:
+    """A successful stream whose terminal event ([DONE], ``done: true``, ``response.completed``)
+    has been relayed."""
+    return (
+        isinstance(state, _StreamState)
+        and state.meter.done
+        and state.meter.error is None
+        and flow.response is not None
+        and flow.response.status_code < 400
+    )
 
 
 def _rate(rec: UsageRecord) -> float | None:

@@ -11,6 +11,11 @@ Dialects (DESIGN.md, "Protocol facts"):
   SSE (``data: {json}`` events separated by a blank line, then ``data: [DONE]``), the
   Responses API streams typed events (``event: <type>`` + ``data: {"type": ...}``) that end
   with ``response.completed`` / ``response.incomplete`` / ``response.failed`` and no [DONE].
+  llama.cpp's server also answers the same routes without the ``/v1`` prefix, and its native
+  ``/completion`` (and ``/infill``): a JSON body with ``tokens_evaluated`` (prompt) and
+  ``tokens_predicted`` (output), or an SSE stream of such objects whose last one has
+  ``"stop": true`` and the counts, with no [DONE]. Its error bodies are OpenAI-shaped, so these
+  count as the ``openai`` dialect.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ __all__ = [
     "make_decoder",
     "parse_request",
     "parse_response",
+    "should_inject_usage",
 ]
 
 _OLLAMA_OPS: Final = {
@@ -47,7 +53,23 @@ _OPENAI_OPS: Final = {
     "/v1/completions": "completion",
     "/v1/embeddings": "embedding",
     "/v1/responses": "responses",
+    # llama.cpp's server serves the OpenAI routes without the prefix too: left unmetered they
+    # would be a way around the meter.
+    "/chat/completions": "chat",
+    "/completions": "completion",
+    "/embeddings": "embedding",
+    "/responses": "responses",
+    # llama.cpp's native completion API (see _LLAMACPP_NATIVE).
+    "/completion": "completion",
+    "/infill": "completion",
 }
+# llama.cpp's own (non-OpenAI) completion endpoints: counts in tokens_evaluated /
+# tokens_predicted, streams end with a "stop": true object; no stream_options.
+_LLAMACPP_NATIVE: Final = frozenset({"/completion", "/infill"})
+# Members llama.cpp appends to the last chunk of a chat stream (server-task.cpp,
+# to_json_oaicompat_chat_stream: deltas.back()). With include_usage that last chunk is the
+# usage-only chunk; without it, the finish chunk.
+_LAST_CHUNK_MEMBERS: Final = (b"timings", b"__tool_call_incomplete")
 # Text content parts: chat "text", Responses "input_text" (and "output_text" in history).
 _TEXT_PARTS: Final = frozenset({"text", "input_text", "output_text"})
 # Ollama endpoints that stream NDJSON progress unless "stream": false (api.md).
@@ -166,6 +188,20 @@ def add_include_usage(body: bytes) -> bytes:
         {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
     )
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def should_inject_usage(info: RequestInfo) -> bool:
+    """Whether the sidecar must ask for usage on the client's behalf: an OpenAI chat or
+    completions stream whose client did not set ``include_usage``. llama.cpp's native
+    ``/completion`` reports its counts unasked and knows no ``stream_options``."""
+    return (
+        info.dialect == "openai"
+        and info.stream
+        and info.operation in ("chat", "completion")
+        and not info.wants_usage
+        and info.error is None
+        and info.endpoint not in _LLAMACPP_NATIVE
+    )
 
 
 def _json_type(v: Any) -> str:
@@ -309,6 +345,44 @@ def _ollama_usage(d: dict[str, Any]) -> Usage:
     )
 
 
+def _llamacpp_usage(d: dict[str, Any]) -> Usage | None:
+    """Counts of a llama.cpp native ``/completion`` result: ``tokens_evaluated`` is the whole
+    prompt (cached part included, as ``prompt_tokens`` on its /v1 routes), ``tokens_predicted``
+    the output; ``timings.cache_n`` the prompt tokens served from the cache."""
+    prompt = _int(d.get("tokens_evaluated"))
+    completion = _int(d.get("tokens_predicted"))
+    if prompt is None and completion is None:
+        return None
+    timings = d.get("timings")
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=(prompt or 0) + (completion or 0),
+        cached_tokens=_int(timings.get("cache_n")) if isinstance(timings, dict) else None,
+        server_duration_ms=_timings_ms(timings),
+    )
+
+
+def _add_usage(a: Usage | None, b: Usage) -> Usage:
+    """Counts of two results of one request (llama.cpp answers a list of prompts with one
+    result each); their server times overlap, so the longer one stands for both."""
+    if a is None:
+        return b
+
+    def plus(x: int | None, y: int | None) -> int | None:
+        return None if x is None and y is None else (x or 0) + (y or 0)
+
+    ms = [m for m in (a.server_duration_ms, b.server_duration_ms) if m is not None]
+    return Usage(
+        prompt_tokens=plus(a.prompt_tokens, b.prompt_tokens),
+        completion_tokens=plus(a.completion_tokens, b.completion_tokens),
+        total_tokens=plus(a.total_tokens, b.total_tokens),
+        cached_tokens=plus(a.cached_tokens, b.cached_tokens),
+        reasoning_tokens=plus(a.reasoning_tokens, b.reasoning_tokens),
+        server_duration_ms=max(ms) if ms else None,
+    )
+
+
 def _timings_ms(t: Any) -> float | None:
     """llama.cpp's ``timings``: prompt processing plus generation, in ms."""
     if not isinstance(t, dict):
@@ -371,6 +445,17 @@ def parse_response(info: RequestInfo, body: bytes) -> ResponseSummary:
         doc = json.loads(body)
     except _JSON_ERRORS:
         return summary
+    if isinstance(doc, list) and info.endpoint in _LLAMACPP_NATIVE:
+        # llama.cpp's /completion answers a list of prompts with a list of results.
+        for item in doc:
+            if isinstance(item, dict):
+                part = ResponseSummary()
+                _summarize_llamacpp(item, part)
+                summary.model = summary.model or part.model
+                summary.output_chars += part.output_chars
+                if part.usage is not None:
+                    summary.usage = _add_usage(summary.usage, part.usage)
+        return summary
     if not isinstance(doc, dict):
         return summary
     model = doc.get("model")
@@ -384,6 +469,8 @@ def parse_response(info: RequestInfo, body: bytes) -> ResponseSummary:
 
     if info.dialect == "ollama":
         _summarize_ollama(info, doc, summary)
+    elif info.endpoint in _LLAMACPP_NATIVE:
+        _summarize_llamacpp(doc, summary)
     else:
         _summarize_openai(info, doc, summary)
     return summary
@@ -402,6 +489,14 @@ def _summarize_ollama(info: RequestInfo, doc: dict[str, Any], s: ResponseSummary
     s.output_chars = chars
     if doc.get("done") is True or "eval_count" in doc or "prompt_eval_count" in doc:
         s.usage = _ollama_usage(doc)
+
+
+def _summarize_llamacpp(doc: dict[str, Any], s: ResponseSummary) -> None:
+    model = doc.get("model")
+    if isinstance(model, str) and model:
+        s.model = model
+    s.output_chars = _str_len(doc.get("content"))
+    s.usage = _llamacpp_usage(doc)
 
 
 def _summarize_openai(info: RequestInfo, doc: dict[str, Any], s: ResponseSummary) -> None:
@@ -499,9 +594,19 @@ class StreamMeter:
     keeps the unterminated tail in a buffer and scans each byte once.
 
     With ``strip_usage_chunk`` (OpenAI chat/completions streams whose usage the sidecar
-    asked for on the client's behalf) ``feed`` returns only complete SSE events, minus the
-    usage-only event (``"choices": []`` with a ``usage`` object); otherwise it returns the
-    chunk object itself and parses on the side.
+    asked for on the client's behalf) ``feed`` returns only complete SSE events, undoing
+    what the added ``include_usage`` changed, so the client gets what the server sends a
+    request without it:
+
+    - the usage-only event (``"choices": []`` with a ``usage`` object) is dropped;
+    - members llama.cpp appends to the last chunk of a chat stream (``timings``) ride on that
+      usage-only chunk when usage was asked for, and on the finish chunk otherwise: they are
+      moved back onto the finish chunk, which is held until the next event shows whether
+      anything has to move (it follows at once);
+    - the all-zero ``usage`` Ollama's ``/v1/completions`` puts on every chunk when usage was
+      asked for is cut out of those chunks.
+
+    Otherwise ``feed`` returns the chunk object itself and parses on the side.
 
     Read after (or during) the stream: ``content_events`` (events carrying generated text,
     reasoning or tool-call arguments: the first one is the TTFT mark), ``output_chars``,
@@ -511,11 +616,14 @@ class StreamMeter:
 
     __slots__ = (
         "_buf",
+        "_ev_cut",
+        "_ev_finish",
         "_ev_keep",
         "_ev_name",
         "_ev_start",
         "_ev_strip",
         "_finished",
+        "_held",
         "_kind",
         "_pending_ms",
         "_pos",
@@ -535,6 +643,8 @@ class StreamMeter:
             self._kind = "ndjson"
         elif info.operation == "responses":
             self._kind = "responses"
+        elif info.endpoint in _LLAMACPP_NATIVE:
+            self._kind = "llamacpp"
         else:
             self._kind = "sse"
         # Only chat/completions streams can carry the usage-only chunk that include_usage adds.
@@ -545,6 +655,9 @@ class StreamMeter:
         self._ev_start = 0  # strip mode: start of the current, not yet forwarded event
         self._ev_strip = False  # current event holds a usage-only chunk
         self._ev_keep = False  # current event holds anything else
+        self._ev_cut = False  # strip mode: current event carries a placeholder usage to cut
+        self._ev_finish = False  # strip mode: current event is a finish chunk to hold
+        self._held: bytes | None = None  # strip mode: a finish event held back (see class doc)
         self._ev_name = b""  # SSE "event:" field of the current event
         self._pending_ms: float | None = None  # llama.cpp timings seen before any usage
         self._finished = False
@@ -569,6 +682,9 @@ class StreamMeter:
         out = self._scan()
         if len(self._buf) - self._ev_start > _MAX_PENDING:
             # An "event" this large is not SSE: stop holding bytes back, forward everything.
+            if self._held is not None:
+                out.append(self._held)
+                self._held = None
             out.append(bytes(self._buf[self._ev_start :]))
             self._strip = False
             self._compact()
@@ -585,7 +701,12 @@ class StreamMeter:
             if buf[end - 1] == 13:  # "\r"
                 end -= 1
             self._line(self._pos, end)
-        held = bytes(buf[self._ev_start :]) if self._strip else b""
+        held = b""
+        if self._strip:
+            held = bytes(buf[self._ev_start :])
+            if self._held is not None:
+                held = self._held + held
+                self._held = None
         buf.clear()
         self._pos = self._search = self._ev_start = 0
         return held
@@ -609,10 +730,9 @@ class StreamMeter:
             end = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
             if end == pos:
                 if strip:  # blank line: the event ends here
-                    if self._ev_strip and not self._ev_keep:
-                        out.append(bytes(buf[run : self._ev_start]))
-                        run = nl + 1
-                    self._ev_strip = self._ev_keep = False
+                    if self._ev_strip or self._ev_cut or self._ev_finish or self._held is not None:
+                        run = self._end_event(out, run, nl + 1)
+                    self._ev_strip = self._ev_keep = self._ev_cut = self._ev_finish = False
                     self._ev_start = nl + 1
                 self._ev_name = b""
             else:
@@ -620,13 +740,46 @@ class StreamMeter:
             pos = self._search = nl + 1
         self._pos = pos
         if strip:
-            out.append(bytes(buf[run : self._ev_start]))
+            if run < self._ev_start:
+                out.append(bytes(buf[run : self._ev_start]))
             # Keep only the current, incomplete event.
             del buf[: self._ev_start]
             self._pos -= self._ev_start
             self._search -= self._ev_start
             self._ev_start = 0
         return out
+
+    def _end_event(self, out: list[bytes], run: int, stop: int) -> int:
+        """Strip mode: the event ``buf[_ev_start:stop]`` is complete and needs more than
+        forwarding as is. Appends what goes out before it to ``out``; returns the new start of
+        the run of bytes to forward. While an event is held, ``run`` is the current event's
+        start: nothing after the held event went out before it."""
+        buf = self._buf
+        start = self._ev_start
+        held = self._held
+        if self._ev_strip and not self._ev_keep:  # the usage-only event: drop it
+            if held is not None:
+                out.append(_move_last_chunk_members(held, bytes(buf[start:stop])))
+                self._held = None
+            elif run < start:
+                out.append(bytes(buf[run:start]))
+            return stop
+        if held is not None:
+            if not (self._ev_keep or self._ev_cut or self._ev_finish):
+                self._held = held + bytes(buf[start:stop])  # a comment or blank: keep order
+                return stop
+            out.append(held)
+            self._held = None
+        elif run < start:
+            out.append(bytes(buf[run:start]))
+        event = _cut_placeholder_usage(bytes(buf[start:stop])) if self._ev_cut else None
+        if self._ev_finish:
+            self._held = event if event is not None else bytes(buf[start:stop])
+            return stop
+        if event is not None:
+            out.append(event)
+            return stop
+        return start
 
     def _compact(self) -> None:
         """Non-strip mode: drop parsed lines; bound an endless unterminated line."""
@@ -678,6 +831,8 @@ class StreamMeter:
             self._on_chunk(obj, ev_name)
         elif kind == "responses":
             self._on_responses_event(obj, ev_name)
+        elif kind == "llamacpp":
+            self._on_llamacpp(obj, ev_name)
         else:
             self._on_ollama(obj)
 
@@ -694,25 +849,32 @@ class StreamMeter:
         if isinstance(model, str) and model:
             self.model = model
         choices = obj.get("choices")
+        has_choices = isinstance(choices, list) and len(choices) > 0
         usage = obj.get("usage")  # OpenAI sends "usage": null on the other chunks
-        if isinstance(usage, dict):
-            self.usage = _openai_usage(usage, embedding=False)
-            if self._pending_ms is not None:
-                self.usage.server_duration_ms = self._pending_ms
-            if isinstance(choices, list) and not choices:
-                self._ev_strip = True
-            else:
-                self._ev_keep = True
+        if isinstance(usage, dict) and isinstance(choices, list) and not choices:
+            self._ev_strip = True
         else:
             self._ev_keep = True
-        ms = _timings_ms(obj.get("timings"))
+        if isinstance(usage, dict):
+            if has_choices and _placeholder_usage(usage):
+                # Ollama's /v1/completions with include_usage: zeros on every chunk, the
+                # counts come on the usage-only chunk. Not usage, and not the client's.
+                usage = None
+                self._ev_cut = self._strip
+            else:
+                self.usage = _openai_usage(usage, embedding=False)
+                if self._pending_ms is not None:
+                    self.usage.server_duration_ms = self._pending_ms
+        timings = obj.get("timings")
+        ms = _timings_ms(timings)
         if ms is not None:
             self._pending_ms = ms
             if self.usage is not None:
                 self.usage.server_duration_ms = ms
-        if not isinstance(choices, list) or not choices:
+        if not has_choices:
             return
         chars = 0
+        finished = False
         for c in choices:
             if not isinstance(c, dict):
                 continue
@@ -729,9 +891,35 @@ class StreamMeter:
             reason = c.get("finish_reason")
             if isinstance(reason, str) and reason:
                 self.finish_reason = reason
+                finished = True
         if chars:
             self.content_events += 1
             self.output_chars += chars
+        if finished and self._strip and timings is None and not isinstance(usage, dict):
+            self._ev_finish = True
+
+    def _on_llamacpp(self, obj: dict[str, Any], ev_name: bytes) -> None:
+        """A llama.cpp native ``/completion`` stream object: ``content`` pieces, then a
+        ``"stop": true`` object with the counts (one per prompt when given several)."""
+        err = obj.get("error")
+        if err or ev_name == b"error":
+            self.error = _error_message(err or obj)
+            return
+        content = obj.get("content")
+        if isinstance(content, str) and content:
+            self.content_events += 1
+            self.output_chars += len(content)
+        if obj.get("stop") is True:
+            self.done = True
+            model = obj.get("model")
+            if isinstance(model, str) and model:
+                self.model = model
+            reason = obj.get("stop_type")
+            if isinstance(reason, str) and reason:
+                self.finish_reason = reason
+            usage = _llamacpp_usage(obj)
+            if usage is not None:
+                self.usage = _add_usage(self.usage, usage)
 
     def _on_responses_event(self, obj: dict[str, Any], ev_name: bytes) -> None:
         etype = obj.get("type")
@@ -796,6 +984,100 @@ class StreamMeter:
             if isinstance(reason, str) and reason:
                 self.finish_reason = reason
             self.usage = _ollama_usage(obj)
+
+
+# Strip mode edits, only on the events that need one (the finish chunk; Ollama's chunks with
+# a placeholder usage): byte surgery that leaves every other byte as the server wrote it (its
+# JSON serializer's spacing, escaping, key order), checked by parsing the result.
+
+
+def _placeholder_usage(u: dict[str, Any]) -> bool:
+    """No count in it: Ollama's ``"usage": {"prompt_tokens": 0, ...}`` on content chunks."""
+    return not any(u.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
+
+
+def _value_end(data: bytes, i: int) -> int:
+    """Index just past the JSON value that starts at ``data[i]``; -1 if it does not end."""
+    n = len(data)
+    if i >= n:
+        return -1
+    first = data[i]
+    if first not in (123, 91, 34):  # a number, true, false or null: up to a delimiter
+        while i < n and data[i] not in b",}] \t\r\n":
+            i += 1
+        return i
+    depth = 0
+    in_str = False
+    while i < n:
+        c = data[i]
+        if in_str:
+            if c == 92:  # backslash: skip the escaped character
+                i += 1
+            elif c == 34:
+                in_str = False
+                if depth == 0:
+                    return i + 1  # a string value
+        elif c == 34:
+            in_str = True
+        elif c == 123 or c == 91:
+            depth += 1
+        elif c == 125 or c == 93:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
+
+
+def _member(event: bytes, key: bytes) -> tuple[int, int] | None:
+    """Span of the last ``,"key":value`` member of an event, comma included. It is never
+    inside a JSON string: there a quote is escaped, so ``,"key":`` cannot occur."""
+    at = event.rfind(b',"' + key + b'":')
+    if at < 0:
+        return None
+    end = _value_end(event, at + len(key) + 4)
+    return None if end < 0 else (at, end)
+
+
+def _data_object(event: bytes) -> dict[str, Any] | None:
+    """The JSON object of an event's (first) data line, or None."""
+    at = event.find(b"data:")
+    if at < 0:
+        return None
+    end = event.find(b"\n", at)
+    try:
+        obj = json.loads(event[at + 5 : end if end >= 0 else len(event)])
+    except _JSON_ERRORS:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _cut_placeholder_usage(event: bytes) -> bytes:
+    """The event without its placeholder ``"usage"`` member; unchanged if that fails."""
+    span = _member(event, b"usage")
+    if span is None:
+        return event
+    cut = event[: span[0]] + event[span[1] :]
+    obj = _data_object(cut)
+    return cut if obj is not None and "usage" not in obj else event
+
+
+def _move_last_chunk_members(finish: bytes, usage_event: bytes) -> bytes:
+    """The held finish event with the members llama.cpp appended to the dropped usage-only
+    event put back at its end, where the server puts them when usage was not asked for.
+    Unchanged when there is nothing to move or the edit would not parse."""
+    found = [(span, key) for key in _LAST_CHUNK_MEMBERS if (span := _member(usage_event, key))]
+    if not found:
+        return finish  # the common case (vLLM, Ollama, OpenAI)
+    found.sort()  # in the order the server wrote them
+    close = finish.rfind(b"}")
+    if close < 0:
+        return finish
+    moved = finish[:close] + b"".join(usage_event[a:b] for (a, b), _ in found) + finish[close:]
+    obj = _data_object(moved)
+    if obj is None or any(key.decode() not in obj for _, key in found):
+        return finish
+    return moved
 
 
 # --------------------------------------------------------------------------- bodies

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import brotli
 import pytest
@@ -29,6 +31,7 @@ from agent.wire import (
     make_decoder,
     parse_request,
     parse_response,
+    should_inject_usage,
 )
 
 # --------------------------------------------------------------------------- transcripts
@@ -183,6 +186,22 @@ LLAMACPP_CHAT_STREAM = (
     b'"object":"chat.completion.chunk"}\n\n' + LLAMACPP_CHAT_USAGE_EVENT + b"data: [DONE]\n\n"
 )
 
+# The same exchange without include_usage: llama.cpp appends the timings to the finish chunk.
+LLAMACPP_CHAT_STREAM_PLAIN = (
+    b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"role":"assistant",'
+    b'"content":null}}],"created":1735689600,"id":"chatcmpl-L1","model":"gpt-3.5-turbo",'
+    b'"system_fingerprint":"b5002-1a2b3c4d","object":"chat.completion.chunk"}\n\n'
+    b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"Yo"}}],'
+    b'"created":1735689600,"id":"chatcmpl-L1","model":"gpt-3.5-turbo",'
+    b'"system_fingerprint":"b5002-1a2b3c4d","object":"chat.completion.chunk"}\n\n'
+    b'data: {"choices":[{"finish_reason":"stop","index":0,"delta":{}}],"created":1735689600,'
+    b'"id":"chatcmpl-L1","model":"gpt-3.5-turbo","system_fingerprint":"b5002-1a2b3c4d",'
+    b'"object":"chat.completion.chunk","timings":{"prompt_n":9,"prompt_ms":20.0,'
+    b'"prompt_per_token_ms":2.2,"prompt_per_second":450.0,"predicted_n":1,"predicted_ms":5.5,'
+    b'"predicted_per_token_ms":5.5,"predicted_per_second":181.8}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
 RESPONSES_STREAM = (
     b"event: response.created\n"
     b'data: {"type":"response.created","sequence_number":0,"response":{"id":"resp_1",'
@@ -310,6 +329,15 @@ RESPONSES = "/v1/responses"
         ("POST", "/v1/completions", ("openai", "completion")),
         ("POST", "/v1/embeddings", ("openai", "embedding")),
         ("POST", "/v1/responses", ("openai", "responses")),
+        # llama.cpp: the OpenAI routes without /v1, and its native completion API
+        ("POST", "/chat/completions", ("openai", "chat")),
+        ("POST", "/completions", ("openai", "completion")),
+        ("POST", "/embeddings", ("openai", "embedding")),
+        ("POST", "/responses", ("openai", "responses")),
+        ("POST", "/completion", ("openai", "completion")),
+        ("POST", "/infill", ("openai", "completion")),
+        ("GET", "/completion", ("openai", "other")),
+        ("GET", "/metrics", ("openai", "other")),
         ("GET", "/v1/models", ("openai", "other")),
         ("GET", "/v1/chat/completions", ("openai", "other")),
         ("POST", "/tokenize", ("openai", "other")),
@@ -758,21 +786,36 @@ def test_feed_after_finish_is_inert(strip: bool) -> None:
 
 # --------------------------------------------------------------------------- strip mode
 
+# (path, stream with usage asked for, its usage-only event, what the client gets without asking)
 STRIP_CASES = {
-    "vllm-chat": (CHAT, VLLM_CHAT_STREAM, VLLM_CHAT_USAGE_EVENT),
-    "vllm-chat-crlf": (CHAT, crlf(VLLM_CHAT_STREAM), crlf(VLLM_CHAT_USAGE_EVENT)),
-    "vllm-completion": (COMPLETIONS, VLLM_COMPLETION_STREAM, VLLM_COMPLETION_USAGE_EVENT),
-    "llamacpp-chat": (CHAT, LLAMACPP_CHAT_STREAM, LLAMACPP_CHAT_USAGE_EVENT),
+    "vllm-chat": (CHAT, VLLM_CHAT_STREAM, VLLM_CHAT_USAGE_EVENT, None),
+    "vllm-chat-crlf": (CHAT, crlf(VLLM_CHAT_STREAM), crlf(VLLM_CHAT_USAGE_EVENT), None),
+    "vllm-completion": (COMPLETIONS, VLLM_COMPLETION_STREAM, VLLM_COMPLETION_USAGE_EVENT, None),
+    "openai-null-usage": (
+        CHAT,
+        OPENAI_CHAT_STREAM_NULL_USAGE,
+        OPENAI_CHAT_STREAM_NULL_USAGE.split(b"\n\n")[3] + b"\n\n",
+        None,
+    ),
+    # llama.cpp appends its timings to the last chunk: the usage-only one when usage is asked
+    # for, the finish chunk otherwise. The timings go back onto the finish chunk.
+    "llamacpp-chat": (CHAT, LLAMACPP_CHAT_STREAM, LLAMACPP_CHAT_USAGE_EVENT, LLAMACPP_CHAT_STREAM_PLAIN),
+    "llamacpp-chat-crlf": (
+        CHAT,
+        crlf(LLAMACPP_CHAT_STREAM),
+        crlf(LLAMACPP_CHAT_USAGE_EVENT),
+        crlf(LLAMACPP_CHAT_STREAM_PLAIN),
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(STRIP_CASES))
 @pytest.mark.parametrize("size", SIZES)
 def test_strip_removes_exactly_the_usage_only_event(case: str, size: int | None) -> None:
-    path, data, usage_event = STRIP_CASES[case]
+    path, data, usage_event, plain = STRIP_CASES[case]
     assert data.count(usage_event) == 1
     m, out = run(info_for(path, {"model": "m", "stream": True}), data, size, strip=True)
-    assert out == data.replace(usage_event, b"")
+    assert out == (plain if plain is not None else data.replace(usage_event, b""))
     assert m.usage is not None and m.usage.total_tokens is not None  # still metered
     assert m.done is True
     plain, _ = run(info_for(path), data, size)
@@ -820,6 +863,209 @@ def test_strip_keeps_usage_only_event_mixed_with_other_data() -> None:
     )
     _, out = run(info_for(CHAT), event, 1, strip=True)
     assert out == event
+
+
+def test_strip_holds_a_finish_chunk_until_the_next_event() -> None:
+    # The finish chunk may need the usage-only chunk's timings: it waits for the next event.
+    finish, usage_event, done = LLAMACPP_CHAT_STREAM.split(b"\n\n")[2:5]
+    m = StreamMeter(info_for(CHAT), strip_usage_chunk=True)
+    assert m.feed(finish + b"\n\n") == b""
+    out = m.feed(usage_event + b"\n\n" + done + b"\n\n")
+    assert out == LLAMACPP_CHAT_STREAM_PLAIN.split(b"\n\n", 2)[2]
+    assert m.finish() == b""
+    assert m.usage == Usage(9, 1, 10, cached_tokens=0, server_duration_ms=25.5)
+
+
+def test_strip_releases_a_held_finish_chunk_unchanged() -> None:
+    finish = VLLM_CHAT_STREAM.split(b"\n\n")[3] + b"\n\n"
+    m = StreamMeter(info_for(CHAT), strip_usage_chunk=True)
+    assert m.feed(finish) == b""
+    assert m.finish() == finish  # the stream ended before anything else came
+    m = StreamMeter(info_for(CHAT), strip_usage_chunk=True)
+    assert m.feed(finish) == b""
+    assert m.feed(b"data: [DONE]\n\n") == finish + b"data: [DONE]\n\n"  # no usage asked: as is
+
+
+def test_strip_keeps_comments_after_a_held_finish_chunk_in_order() -> None:
+    finish, usage_event, done = LLAMACPP_CHAT_STREAM.split(b"\n\n")[2:5]
+    data = finish + b"\n\n: ping\n\n" + usage_event + b"\n\n" + done + b"\n\n"
+    expected = LLAMACPP_CHAT_STREAM_PLAIN.split(b"\n\n")[2] + b"\n\n: ping\n\ndata: [DONE]\n\n"
+    for size in SIZES:
+        _, out = run(info_for(CHAT), data, size, strip=True)
+        assert out == expected
+
+
+def test_strip_moves_every_last_chunk_member_in_order() -> None:
+    # llama.cpp also flags a tool call cut short on the last chunk; a string value with
+    # braces and escaped quotes must not confuse the span.
+    finish = b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}],"id":"c"}\n\n'
+    usage_event = (
+        b'data: {"choices":[],"id":"c","usage":{"prompt_tokens":2,"completion_tokens":3,'
+        b'"total_tokens":5},"timings":{"note":"a \\"}\\" b","prompt_ms":1.0,"predicted_ms":2.0},'
+        b'"__tool_call_incomplete":true}\n\n'
+    )
+    _, out = run(info_for(CHAT), finish + usage_event + b"data: [DONE]\n\n", 3, strip=True)
+    assert out == (
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}],"id":"c",'
+        b'"timings":{"note":"a \\"}\\" b","prompt_ms":1.0,"predicted_ms":2.0},'
+        b'"__tool_call_incomplete":true}\n\ndata: [DONE]\n\n'
+    )
+
+
+def test_strip_leaves_a_finish_chunk_that_has_its_timings_alone() -> None:
+    # A server that puts the timings on the finish chunk anyway: nothing is held or moved.
+    m, out = run(info_for(COMPLETIONS), LLAMACPP_COMPLETION_STREAM, None, strip=True)
+    assert out == LLAMACPP_COMPLETION_STREAM
+    m = StreamMeter(info_for(COMPLETIONS), strip_usage_chunk=True)
+    last = LLAMACPP_COMPLETION_STREAM.split(b"\n\n")[2] + b"\n\n"
+    assert m.feed(last) == last
+
+
+# Ollama's /v1/completions with stream_options.include_usage (middleware/openai.go,
+# CompleteWriter): every chunk gets an all-zero "usage", then a usage-only chunk comes.
+OLLAMA_COMPLETION_USAGE_STREAM = (
+    b'data: {"id":"cmpl-712","object":"text_completion","created":1735689600,"choices":[{"text":'
+    b'"The","index":0,"finish_reason":null}],"model":"llama3.2","system_fingerprint":"fp_ollama",'
+    b'"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}\n\n'
+    b'data: {"id":"cmpl-712","object":"text_completion","created":1735689600,"choices":[{"text":'
+    b'" sky","index":0,"finish_reason":null}],"model":"llama3.2","system_fingerprint":"fp_ollama",'
+    b'"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}\n\n'
+    b'data: {"id":"cmpl-712","object":"text_completion","created":1735689600,"choices":[{"text":'
+    b'"","index":0,"finish_reason":"stop"}],"model":"llama3.2","system_fingerprint":"fp_ollama",'
+    b'"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}\n\n'
+    b'data: {"id":"cmpl-712","object":"text_completion","created":1735689600,"choices":[],'
+    b'"model":"llama3.2","system_fingerprint":"fp_ollama","usage":{"prompt_tokens":26,'
+    b'"completion_tokens":2,"total_tokens":28}}\n\n'
+    b"data: [DONE]\n\n"
+)
+OLLAMA_COMPLETION_STREAM = re.sub(
+    rb',"usage":\{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0\}', b"",
+    OLLAMA_COMPLETION_USAGE_STREAM.replace(OLLAMA_COMPLETION_USAGE_STREAM.split(b"\n\n")[3] + b"\n\n", b""),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_strip_cuts_ollamas_placeholder_usage_from_every_chunk(size: int | None) -> None:
+    m, out = run(info_for(COMPLETIONS), OLLAMA_COMPLETION_USAGE_STREAM, size, strip=True)
+    assert out == OLLAMA_COMPLETION_STREAM  # what Ollama sends a client that did not ask
+    assert b"usage" not in out
+    assert m.usage == Usage(26, 2, 28)
+    assert (m.content_events, m.done, m.finish_reason) == (2, True, "stop")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_placeholder_usage_is_not_usage(size: int | None) -> None:
+    # The client asked for usage itself: it gets the zeros as sent, but they are not counts.
+    # A stream cut before the real usage chunk must be estimated, not recorded as 0 tokens.
+    m, out = run(info_for(COMPLETIONS), OLLAMA_COMPLETION_USAGE_STREAM, size)
+    assert out == OLLAMA_COMPLETION_USAGE_STREAM
+    assert m.usage == Usage(26, 2, 28)
+    cut = OLLAMA_COMPLETION_USAGE_STREAM.split(b"\n\n")[0] + b"\n\n"
+    m, _ = run(info_for(COMPLETIONS), cut, size)
+    assert (m.usage, m.content_events) == (None, 1)
+
+
+def test_should_inject_usage() -> None:
+    body = {"model": "m", "stream": True}
+    assert should_inject_usage(info_for(CHAT, body))
+    assert should_inject_usage(info_for(COMPLETIONS, body))
+    assert should_inject_usage(info_for("/chat/completions", body))  # llama.cpp without /v1
+    assert not should_inject_usage(info_for(CHAT, {**body, "stream_options": {"include_usage": True}}))
+    assert not should_inject_usage(info_for(CHAT, {"model": "m"}))  # not streamed
+    assert not should_inject_usage(info_for(RESPONSES, body))
+    assert not should_inject_usage(info_for("/api/chat", body))
+    assert not should_inject_usage(info_for("/completion", body))  # llama.cpp native: reports anyway
+    assert not should_inject_usage(parse_request("POST", CHAT, b"{nope"))
+
+
+# --------------------------------------------------------------------------- llama.cpp, recorded
+# Bytes recorded from llama.cpp's server (xllamacpp 2026.10, gemma-3-270m Q4_K_M, temperature
+# 0); see tests/fixtures/llamacpp/README.md.
+
+LLAMACPP = Path(__file__).parent / "fixtures" / "llamacpp"
+_VARYING = [
+    (re.compile(rb'"(id)":"[^"]*"'), rb'"\1":"x"'),
+    (re.compile(rb'"(created)":\d+'), rb'"\1":0'),
+    (re.compile(rb'"((?:prompt|predicted)_(?:ms|per_token_ms|per_second))":[-+.\deE]+'), rb'"\1":0'),
+]
+
+
+def recorded(name: str) -> bytes:
+    return (LLAMACPP / name).read_bytes()
+
+
+def unvarying(data: bytes) -> bytes:
+    for pattern, repl in _VARYING:
+        data = pattern.sub(repl, data)
+    return data
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_recorded_llamacpp_chat_stream_strip_gives_the_plain_stream(size: int | None) -> None:
+    asked = recorded("chat_stream_include_usage.sse")
+    m, out = run(info_for(CHAT, {"model": "m", "stream": True}), asked, size, strip=True)
+    assert unvarying(out) == unvarying(recorded("chat_stream.sse"))
+    assert b'"timings":' in out.split(b"\n\n")[-3]  # on the finish chunk, as without include_usage
+    assert m.usage is not None
+    assert (m.usage.prompt_tokens, m.usage.completion_tokens, m.usage.cached_tokens) == (11, 4, 0)
+    assert m.content_events == 4 and m.done
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_recorded_llamacpp_native_completion_stream(size: int | None) -> None:
+    data = recorded("completion_stream.sse")
+    m, out = run(info_for("/completion", {"prompt": "Once upon a time", "stream": True}), data, size)
+    assert out == data
+    final = json.loads(data.split(b"\n\n")[-2][len(b"data: ") :])
+    timings = final["timings"]
+    assert m.usage == Usage(
+        5, 3, 8, cached_tokens=0, server_duration_ms=timings["prompt_ms"] + timings["predicted_ms"]
+    )
+    assert (m.content_events, m.output_chars) == (3, len(", there was"))
+    assert (m.done, m.finish_reason, m.model) == (True, "limit", "models/gemma-3-270m-q4_k_m.gguf")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_recorded_llamacpp_native_completion_stream_of_two_prompts(size: int | None) -> None:
+    # One result per prompt, interleaved by "index", separated by "data: null".
+    data = recorded("completion_two_prompts_stream.sse")
+    m, _ = run(info_for("/completion", {"prompt": ["a", "b"], "stream": True}), data, size)
+    assert m.usage is not None
+    assert (m.usage.prompt_tokens, m.usage.completion_tokens, m.usage.total_tokens) == (9, 4, 13)
+    assert m.content_events == 4 and m.done
+
+
+def test_recorded_llamacpp_native_completion() -> None:
+    body = recorded("completion.json")
+    s = parse_response(info_for("/completion", {"prompt": "Once upon a time"}), body)
+    t = json.loads(body)["timings"]
+    assert s.usage == Usage(5, 3, 8, cached_tokens=0, server_duration_ms=t["prompt_ms"] + t["predicted_ms"])
+    assert (s.output_chars, s.model, s.error) == (len(", there was"), "models/gemma-3-270m-q4_k_m.gguf", None)
+
+
+def test_recorded_llamacpp_native_completion_of_two_prompts() -> None:
+    body = recorded("completion_two_prompts.json")
+    s = parse_response(info_for("/completion", {"prompt": ["a", "b"]}), body)
+    assert s.usage is not None
+    assert (s.usage.prompt_tokens, s.usage.completion_tokens, s.usage.total_tokens) == (9, 4, 13)
+    assert s.usage.server_duration_ms == max(
+        r["timings"]["prompt_ms"] + r["timings"]["predicted_ms"] for r in json.loads(body)
+    )
+
+
+def test_llamacpp_native_error_and_request() -> None:
+    info = parse_request("POST", "/completion", b'{"prompt":["Once", [1, 2]],"stream":true,"n_predict":3}')
+    assert (info.dialect, info.operation, info.stream, info.prompt_text) == (
+        "openai",
+        "completion",
+        True,
+        "Once",
+    )
+    body = b'{"error":{"code":400,"message":"\\"prompt\\" must be provided","type":"invalid_request_error"}}'
+    s = parse_response(info, body)
+    assert (s.error, s.usage) == ('"prompt" must be provided', None)
+    m, _ = run(info, b"error: " + body + b"\n\n", 4)
+    assert m.error == '"prompt" must be provided' and not m.done
 
 
 # --------------------------------------------------------------------------- decoders
