@@ -244,6 +244,15 @@ class Sidecar:
         )
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (Linux, macOS): a few percent less CPU per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def _check_port_free(flag: str, host: str, port: int) -> None:
     if port == 0:
         return

@@ -541,6 +541,7 @@ class UsageStore:
         batch_size: int = 500,
         flush_interval: float = 0.25,
         spill_dir: str | Path | None = None,
+        linger: float = 0.05,
     ) -> None:
         if queue_size < 1 or batch_size < 1 or flush_interval <= 0:
             raise ValueError("queue_size and batch_size must be >= 1, flush_interval > 0")
@@ -552,6 +553,11 @@ class UsageStore:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._flush_interval = flush_interval
+        # After the first record of a batch the writer waits this long for more, so a steady
+        # stream of requests costs one transaction per `linger` instead of one per record,
+        # and submit() rarely has a waiting writer to wake (a wake-up costs the loop the GIL).
+        self._linger = linger
+        self._hurry = threading.Event()  # flush()/close() cut the linger short
         self._db: peewee.Database | None = None
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
@@ -662,6 +668,7 @@ class UsageStore:
             self._queue.put(marker, timeout=timeout)
         except queue.Full:
             return False
+        self._hurry.set()
         return marker.done.wait(max(0.0, deadline - time.monotonic())) and marker.ok
 
     def close(self, timeout: float = 30.0) -> None:
@@ -672,6 +679,7 @@ class UsageStore:
             return
         deadline = time.monotonic() + timeout
         self._closed.set()  # from now on submit() spills directly
+        self._hurry.set()
         thread = self._thread
         if thread is not None and thread.is_alive():
             with contextlib.suppress(queue.Full):
@@ -739,6 +747,9 @@ class UsageStore:
         try:
             if block and not items:
                 items.append(self._queue.get(timeout=self._flush_interval))
+                if self._linger and self._queue.qsize() < self._batch_size and not self._hurry.is_set():
+                    self._hurry.wait(self._linger)
+                self._hurry.clear()
             while len(items) < self._batch_size:
                 items.append(self._queue.get_nowait())
         except queue.Empty:
