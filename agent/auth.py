@@ -25,7 +25,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -542,6 +543,19 @@ def _why(e: BaseException) -> str:
 # --------------------------------------------------------------------------- verification
 
 
+CACHE_SECONDS: Final = 30.0
+CACHE_ENTRIES: Final = 1024
+
+
+@dataclass(slots=True)
+class _Verified:
+    identity: Identity
+    valid_until: float
+    kid: Any
+    alg: str
+    key: VerificationKey
+
+
 class Verifier:
     """Verifies bearer JWTs against the configured key and turns them into an Identity."""
 
@@ -563,6 +577,13 @@ class Verifier:
         self.team_claim = team_claim
         self.require_user_match = require_user_match
         self.max_token_bytes = max_token_bytes
+        # Verified tokens, by their exact text: a client sends the same token with every
+        # request, and checking its signature again costs ~70 us (HS256) to much more (RSA,
+        # EC) each time. An entry is used only until the token's exp (plus leeway) and at
+        # most CACHE_SECONDS, and only while the key source still hands out the very key that
+        # verified it: a key rotated out of a JWKS stops working at once.
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
+        self.clock: Callable[[], float] = time.time
 
     def __repr__(self) -> str:
         keys = type(self.keys).__name__
@@ -614,6 +635,12 @@ class Verifier:
         `claimed_user` is the request's X-User-Id, checked against `sub` when required."""
         if not token:
             raise AuthError("missing", "no bearer token; send Authorization: Bearer <token>")
+        cached = self._verified.get(token)
+        if cached is not None:
+            if self.clock() < cached.valid_until and await self._still_current(cached):
+                self._check_user(cached.identity, claimed_user)
+                return cached.identity
+            self._verified.pop(token, None)
         size = len(token.encode("utf-8", "replace"))
         if size > self.max_token_bytes:
             raise AuthError(
@@ -655,9 +682,28 @@ class Verifier:
         user = claims["sub"]
         if not user:
             raise AuthError("malformed", "the token's sub claim is empty")
-        if self.require_user_match and claimed_user is not None and claimed_user != user:
+        identity = Identity(user, _claim_text(claims, self.team_claim), claims)
+        self._remember(token, _Verified(identity, 0.0, kid, alg, key), claims["exp"])
+        self._check_user(identity, claimed_user)
+        return identity
+
+    def _check_user(self, identity: Identity, claimed_user: str | None) -> None:
+        if self.require_user_match and claimed_user is not None and claimed_user != identity.user:
             raise AuthError("user_mismatch", "X-User-Id does not match the token's subject (sub)")
-        return Identity(user, _claim_text(claims, self.team_claim), claims)
+
+    async def _still_current(self, cached: _Verified) -> bool:
+        try:
+            return await self.keys.find(cached.kid, cached.alg) is cached.key
+        except AuthError:
+            return False  # the full check that follows gives the reason
+
+    def _remember(self, token: str, entry: _Verified, exp: Any) -> None:
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            return
+        entry.valid_until = min(float(exp) + self.leeway, self.clock() + CACHE_SECONDS)
+        self._verified[token] = entry
+        if len(self._verified) > CACHE_ENTRIES:
+            self._verified.popitem(last=False)  # the oldest; tokens are bounded in size
 
     def _refusal(self, e: jwt.PyJWTError, token: str) -> AuthError:
         # pyjwt checks the signature before any claim, so the claims quoted here are authentic.
