@@ -58,16 +58,23 @@ def status_of(code: Any) -> int | None:
 
 
 def _send(self: _http1.Http1Server, event: Any) -> Generator[commands.Command, Any, None]:
+    # A plain function handing back a generator: every event the proxy writes passes here, and
+    # only protocol errors need our own; the rest get mitmproxy's generator with no extra frame.
     if (
         isinstance(event, ResponseProtocolError)
         and not self.response
         and self.conn.state & ConnectionState.CAN_WRITE
         and (status := status_of(event.code)) is not None
     ):
-        yield commands.SendData(self.conn, render_error(self.request, status, event.message))
-        yield commands.CloseConnection(self.conn)
-        return
-    yield from _original_send(self, event)
+        return _error_page(self, self.request, status, event.message)
+    return _original_send(self, event)
+
+
+def _error_page(
+    server: _http1.Http1Server, request: http.Request | None, status: int, detail: str
+) -> Generator[commands.Command, Any, None]:
+    yield commands.SendData(server.conn, render_error(request, status, detail))
+    yield commands.CloseConnection(server.conn)
 
 
 class DialectErrors:
