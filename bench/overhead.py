@@ -1,624 +1,423 @@
 #!/usr/bin/env python3
-"""What the sidecar costs: the same load sent direct to a simulated LLM server, through a bare
-stock `mitmdump` and through Sidemeter, in one run on one box.
+"""What the sidecar costs: the same load sent, in one run on one box against one simulated LLM
+server, (a) direct, (b) through a bare embedded mitmproxy master without metering, (c) through
+Sidemeter with everything on (JWT auth, metering, SQLite records) and (d) through LiteLLM's proxy.
 
-The simulated server (`sidemeter mock-upstream --dialect openai --token-delay 0`) and every
-proxy run in processes of their own; the load generator is an asyncio/aiohttp client in this
-process, so its CPU never shares an event loop with what is measured.
-
-    python bench/overhead.py                 # full run (about 4 minutes)
-    python bench/overhead.py --quick         # smoke-sized run, about half a minute
-    python bench/overhead.py --targets direct,mitmdump,master,sidemeter
+    python bench/overhead.py                 # full run, about 10 minutes
+    python bench/overhead.py --quick         # about 2 minutes (plus a one-time LiteLLM install)
+    python bench/overhead.py --targets direct,master,sidemeter,mitmdump
     python bench/overhead.py --report bench/results/latest.json [--markdown]
 
-bench/README.md says what every figure means. Linux only (figures come from /proc).
+Non-streaming load comes from `wrk` (installed with apt-get when missing and running as root),
+streams from an aiohttp client in this process; the simulated server and every proxy run in
+processes of their own. bench/README.md says what every figure means. Linux only (/proc).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
-import ctypes
 import importlib.metadata
 import json
 import os
 import platform
 import resource
 import shutil
-import signal
-import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, load, report: next to this file
+
 import aiohttp
-
-REPO = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO / "bench" / "results"
-SCHEMA = 1
-MODEL = "sim-model"
-PROMPT = "Summarise the plot of Hamlet in one sentence."
-BASELINES = ("direct", "mitmdump")  # the columns every other one is compared with
-READY_TIMEOUT_S = 30.0
-REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60)
-
-
-class BenchError(Exception):
-    """The run cannot go on; the message says which process or check failed and why."""
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the bench dies, so no server is left behind."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class Service:
-    """A server process the bench started, and the /proc figures the report reads from it."""
-
-    def __init__(self, name: str, argv: Sequence[str], workdir: Path, env: Mapping[str, str]) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.workdir = workdir
-        self.env = dict(env)
-        self.log_path = workdir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.rss_start_kb: int | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,  # no ./sidemeter.toml or ./data of the caller's is picked up
-                env=self.env,
-                start_new_session=True,  # Ctrl-C reaches the bench only; it stops its servers in order
-                preexec_fn=_die_with_parent,
-            )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def cpu_seconds(self, *, main_thread: bool = False) -> float:
-        """User + system CPU so far of the whole process (every thread), or of its main thread
-        alone (for the proxies: the event loop, whose CPU is what limits their throughput)."""
-        path = f"/proc/{self.pid}/task/{self.pid}/stat" if main_thread else f"/proc/{self.pid}/stat"
-        raw = Path(path).read_text()
-        fields = raw[raw.rindex(")") + 2 :].split()  # the command name may hold spaces and parens
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
-
-    def memory_kb(self) -> dict[str, int]:
-        """VmRSS (now) and VmHWM (peak resident set since start), in kB."""
-        out: dict[str, int] = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0])
-        return out
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (empty log)"
-
-    async def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM, wait (the sidecar drains its record queue here), SIGKILL as a last resort."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self.proc.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-async def wait_until(probe: Callable[[], Awaitable[bool]], service: Service, what: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        if not service.alive:
-            code = service.proc.returncode if service.proc else None
-            raise BenchError(
-                f"{service.name} exited (code {code}) while starting; its log:\n{service.log_tail()}"
-            )
-        if await probe():
-            return
-        if time.monotonic() > deadline:
-            raise BenchError(
-                f"{what} was not ready after {READY_TIMEOUT_S:.0f}s; "
-                f"{service.name}'s log:\n{service.log_tail()}"
-            )
-        await asyncio.sleep(0.1)
-
-
-async def tcp_open(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
-async def http_ok(url: str) -> bool:
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s, s.get(url) as r:
-            return r.status == 200
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return False
-
-
-async def settle(services: Iterable[Service], max_wait: float = 3.0) -> None:
-    """Wait until the servers stop burning CPU (queued records written, buffers flushed), so the
-    work a measurement caused is charged to it and not to the next one."""
-    services = [s for s in services if s.alive]
-    deadline = time.monotonic() + max_wait
-    last = [s.cpu_seconds() for s in services]
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-        now = [s.cpu_seconds() for s in services]
-        if all(b - a < 0.005 for a, b in zip(last, now, strict=True)):
-            return
-        last = now
-
-
-# ----------------------------------------------------------------------------- targets
-
-
-@dataclass
-class Bench:
-    """What every target needs to start: the interpreter, a scratch directory, the upstream."""
-
-    python: str
-    workdir: Path
-    upstream_url: str = ""
-
-    def child_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SIDEMETER_")}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
-
-@dataclass
-class Tally:
-    """Every request the bench sent to a target, and what the successful ones carried."""
-
-    sent: int = 0
-    ok: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass
-class Check:
-    name: str
-    passed: bool
-    detail: str
-
-
-@dataclass(eq=False)
-class Target:
-    """One column of the report: where the load goes and the process (if any) that serves it.
-
-    To add a column, subclass `ProcessTarget` (a `command()`, maybe a `ready()` and `checks()`)
-    and list an instance in `TARGETS`; `headers` are sent with every request (a bearer token)."""
-
-    name: str
-    description: str
-    headers: dict[str, str] = field(default_factory=dict)
-    base_url: str = field(default="", init=False)
-    service: Service | None = field(default=None, init=False)
-    tally: Tally = field(default_factory=Tally, init=False)
-    exit_code: int | None = field(default=None, init=False)
-
-    async def start(self, bench: Bench) -> None:
-        raise NotImplementedError
-
-    async def stop(self) -> None:
-        if self.service is not None:
-            self.exit_code = await self.service.stop()
-
-    def command_line(self) -> str:
-        return " ".join(self.service.argv) if self.service else ""
-
-    def checks(self) -> list[Check]:
-        """Correctness checks that need the target stopped (e.g. its store drained)."""
-        return []
-
-
-@dataclass(eq=False)
-class Direct(Target):
-    async def start(self, bench: Bench) -> None:
-        self.base_url = bench.upstream_url
-
-
-@dataclass(eq=False)
-class ProcessTarget(Target):
-    """A proxy in a process of its own, listening on a loopback port the bench picks."""
-
-    def command(self, bench: Bench, port: int) -> list[str]:
-        raise NotImplementedError
-
-    async def ready(self, port: int) -> bool:
-        return await tcp_open(port)
-
-    async def start(self, bench: Bench) -> None:
-        port = free_port()
-        self.service = Service(self.name, self.command(bench, port), bench.workdir, bench.child_env())
-        self.service.start()
-        self.base_url = f"http://127.0.0.1:{port}"
-        await wait_until(lambda: self.ready(port), self.service, f"{self.name} on :{port}")
-        self.service.rss_start_kb = self.service.memory_kb().get("VmRSS")
-
-
-def _mitmdump() -> str:
-    local = Path(sys.executable).parent / "mitmdump"
-    found = str(local) if local.exists() else shutil.which("mitmdump")
-    if not found:
-        raise BenchError(f"mitmdump not found next to {sys.executable} or on PATH; pip install mitmproxy")
-    return found
-
-
-@dataclass(eq=False)
-class Mitmdump(ProcessTarget):
-    def command(self, bench: Bench, port: int) -> list[str]:
-        confdir = bench.workdir / f"{self.name}-confdir"
-        return [
-            _mitmdump(),
-            "-q",
-            "--mode",
-            f"reverse:{bench.upstream_url}@{port}",
-            "--listen-host",
-            "127.0.0.1",
-            "--set",
-            "connection_strategy=lazy",
-            "--set",
-            f"confdir={confdir}",
-        ]
-
-
-@dataclass(eq=False)
-class BareMaster(ProcessTarget):
-    def command(self, bench: Bench, port: int) -> list[str]:
-        script = REPO / "bench" / "bare_master.py"
-        confdir = bench.workdir / f"{self.name}-confdir"
-        return [
-            bench.python,
-            str(script),
-            "--upstream",
-            bench.upstream_url,
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--confdir",
-            str(confdir),
-        ]
-
-
-@dataclass(eq=False)
-class Sidemeter(ProcessTarget):
-    extra_args: list[str] = field(default_factory=lambda: ["--auth", "off"])
-    db_path: Path = field(default=Path(), init=False)
-    ops_port: int = field(default=0, init=False)
-
-    def command(self, bench: Bench, port: int) -> list[str]:
-        data_dir = bench.workdir / self.name
-        self.db_path = data_dir / "usage.db"
-        self.ops_port = free_port()
-        return [
-            bench.python,
-            "-m",
-            "agent.cli",
-            "run",
-            "--upstream",
-            bench.upstream_url,
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--ops-listen",
-            f"127.0.0.1:{self.ops_port}",
-            "--db",
-            f"sqlite:///{self.db_path}",
-            "--data-dir",
-            str(data_dir),
-            "--grace-period",
-            "5",
-            "--log-level",
-            "warning",
-            *self.extra_args,
-        ]
-
-    async def ready(self, port: int) -> bool:
-        return await http_ok(f"http://127.0.0.1:{self.ops_port}/readyz")
-
-    def checks(self) -> list[Check]:
-        t = self.tally
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)) as db:
-                rows, ok, reported, tokens = db.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(outcome = 'ok'), 0),"
-                    " COALESCE(SUM(usage_source = 'reported'), 0), COALESCE(SUM(completion_tokens), 0)"
-                    " FROM usage_logs"
-                ).fetchone()
-        except sqlite3.Error as e:
-            return [Check(f"{self.name} records", False, f"cannot read {self.db_path}: {e}")]
-        spill = self.db_path.parent / "spill"
-        spilled = sum(1 for _ in spill.glob("*")) if spill.is_dir() else 0
-        passed = (
-            rows == t.sent and ok == t.ok and reported == t.ok and tokens == t.completion_tokens
-        ) and self.exit_code == 0
-        detail = (
-            f"{t.sent} requests sent through it, {rows} rows in usage_logs "
-            f"({ok} ok, {reported} with reported usage; {t.ok} answered ok); "
-            f"completion tokens {tokens} recorded / {t.completion_tokens} received; "
-            f"exit code {self.exit_code} after SIGTERM; spill files left: {spilled}"
-        )
-        return [Check(f"{self.name}: one usage record per request", passed, detail)]
-
-
-# Every column the bench knows. Later: LiteLLM (a ProcessTarget running `litellm --config`),
-# sidemeter with JWT auth (Sidemeter(extra_args=[...], headers={"Authorization": ...})).
-TARGETS: dict[str, Callable[[], Target]] = {
-    "direct": lambda: Direct("direct", "the simulated server itself, no proxy"),
-    "mitmdump": lambda: Mitmdump(
-        "mitmdump", "stock mitmdump, reverse mode, no addons (-q, connection_strategy=lazy)"
-    ),
-    "master": lambda: BareMaster(
-        "master", "embedded mitmproxy Master, sidecar's stock addons, streams SSE, no metering"
-    ),
-    "sidemeter": lambda: Sidemeter("sidemeter", "sidemeter run --auth off (SQLite store)"),
-}
-DEFAULT_TARGETS = ("direct", "mitmdump", "sidemeter")
-
-
-# ----------------------------------------------------------------------------- load
+import report
+from harness import (
+    BASELINES,
+    BENCH_DIR,
+    CLOCK_TICKS,
+    DEFAULT_LITELLM_VENV,
+    DEFAULT_TARGETS,
+    REPO,
+    TARGETS,
+    Bench,
+    BenchError,
+    Check,
+    LiteLLM,
+    Service,
+    Target,
+    free_port,
+    http_ok,
+    say,
+    settle,
+    wait_until,
+)
+from load import (
+    MODEL,
+    REQUEST_TIMEOUT,
+    StreamClient,
+    StreamSamples,
+    Wave,
+    Wrk,
+    WrkRun,
+    chat_body,
+    closed_loop,
+    connector,
+    ensure_wrk,
+    raise_fd_limit,
+    wave,
+)
+
+RESULTS_DIR = BENCH_DIR / "results"
+SCHEMA = 2
+CHAT_TOKENS = 8
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    stream: bool
+    kind: str  # "chat": wrk, not streamed; "stream": zero token delay; "paced": 20 ms, then 5 ms
     concurrency: int
     max_tokens: int
+    model: str
+    think_ms: float = 0.0  # chat: idle time before each request (the servers' loops go to sleep)
 
     @property
-    def title(self) -> str:
-        kind = "streaming chat" if self.stream else "chat"
-        return f"{kind}, max_tokens {self.max_tokens}"
-
-    def body(self) -> bytes:
-        messages = [{"role": "user", "content": PROMPT}]
-        body = {"model": MODEL, "messages": messages, "max_tokens": self.max_tokens, "stream": self.stream}
-        return json.dumps(body).encode()
+    def stream(self) -> bool:
+        return self.kind != "chat"
 
 
 SCENARIOS = (
-    Scenario("chat-c1", False, 1, 8),
-    Scenario("chat-c16", False, 16, 8),
-    Scenario("chat-c64", False, 64, 8),
-    Scenario("stream-c1", True, 1, 64),
-    Scenario("stream-c16", True, 16, 64),
+    Scenario("chat-c1", "chat", 1, CHAT_TOKENS, MODEL),
+    Scenario("chat-c16", "chat", 16, CHAT_TOKENS, MODEL),
+    Scenario("chat-c1-idle", "chat", 1, CHAT_TOKENS, MODEL, think_ms=10.0),
+    Scenario("stream-c1", "stream", 1, 64, MODEL),
+    Scenario("stream-c16", "stream", 16, 64, MODEL),
+    Scenario("paced-c1", "paced", 1, 16, "sim-model-paced"),
+    Scenario("paced-c16", "paced", 16, 16, "sim-model-paced"),
 )
+PHASES = ("soak", "swarm")  # after the scenarios: RSS after 100k requests; 1,000 concurrent streams
+SWARM_MODEL = "sim-model-slow"
+SWARM_PACE_MS = 250.0  # sim_upstream.py's pace of SWARM_MODEL
 
 
 @dataclass
 class Plan:
+    mode: str
     warmup_s: float
     duration_s: float
-    requests: int | None  # a fixed count per measurement instead of a fixed duration
     rounds: int
+    paced_rounds: int  # for the paced and idle scenarios
+    swarm_streams: int
+    swarm_waves: int
+    swarm_tokens: int
+    swarm_ramp_s: float
+    soak_requests: int
+    soak_max_s: float
+    soak_slow_max_s: float
+    swarm_pace_ms: float = SWARM_PACE_MS
+
+
+# The swarm runs `swarm_waves` waves through `master` and the sidecar (the RSS of a later wave
+# against the first is the flatness check) and one through `direct` and the others.
+FULL = Plan("full", 0.5, 2.5, 3, 2, 1000, 2, 16, 2.0, 100_000, 150.0, 40.0)
+QUICK = Plan("quick", 0.3, 1.0, 1, 1, 1000, 2, 10, 1.5, 10_000, 8.0, 5.0)
+MULTI_WAVE = ("master", "sidemeter", "sidemeter-noauth")
+QUICK_SWARM_SKIPS = ("litellm",)  # ~30 s for 1,000 streams: over the quick run's budget
 
 
 @dataclass
-class Samples:
-    """One target under one scenario, pooled over rounds. Times in seconds."""
+class Cell:
+    """One target under one scenario, pooled over rounds."""
 
-    latency: list[float] = field(default_factory=list)
-    ttft: list[float] = field(default_factory=list)
-    gaps: list[float] = field(default_factory=list)
-    chunks: int = 0
-    completed: int = 0
+    histogram: Counter[int] = field(default_factory=Counter)  # wrk: latency in us -> count
+    streams: StreamSamples = field(default_factory=StreamSamples)
+    sent: int = 0
+    ok: int = 0
+    counted: int = 0  # answers within the measured windows: the throughput's numerator
+    chunks_counted: int = 0
     errors: Counter[str] = field(default_factory=Counter)
-    wall: float = 0.0
+    wall: float = 0.0  # the measured windows
     proxy_cpu: float | None = None
     proxy_loop_cpu: float | None = None
     upstream_cpu: float = 0.0
-    client_cpu: float = 0.0
-    rounds_per_s: list[float] = field(default_factory=list)  # throughput of each round: the noise
+    by_round: list[float] = field(default_factory=list)
 
-    def merge(self, other: Samples) -> None:
-        self.latency += other.latency
-        self.ttft += other.ttft
-        self.gaps += other.gaps
-        self.chunks += other.chunks
-        self.completed += other.completed
-        self.errors.update(other.errors)
-        self.wall += other.wall
-        if other.proxy_cpu is not None:
-            self.proxy_cpu = (self.proxy_cpu or 0.0) + other.proxy_cpu
-        if other.proxy_loop_cpu is not None:
-            self.proxy_loop_cpu = (self.proxy_loop_cpu or 0.0) + other.proxy_loop_cpu
-        self.upstream_cpu += other.upstream_cpu
-        self.client_cpu += other.client_cpu
-        if other.wall:
-            self.rounds_per_s.append(len(other.latency) / other.wall)
+    def add_cpu(self, proxy: float | None, loop: float | None, upstream: float) -> None:
+        if proxy is not None:
+            self.proxy_cpu = (self.proxy_cpu or 0.0) + proxy
+        if loop is not None:
+            self.proxy_loop_cpu = (self.proxy_loop_cpu or 0.0) + loop
+        self.upstream_cpu += upstream
 
 
-class Client:
-    """Sends one scenario's request to one target and checks what comes back."""
-
-    def __init__(self, session: aiohttp.ClientSession, target: Target, scenario: Scenario) -> None:
-        self.session = session
-        self.target = target
-        self.scenario = scenario
-        self.url = target.base_url + "/v1/chat/completions"
-        self.body = scenario.body()
-        self.headers = {"Content-Type": "application/json", **target.headers}
-
-    async def once(self, samples: Samples) -> None:
-        tally = self.target.tally
-        tally.sent += 1
-        t0 = time.perf_counter()
-        try:
-            async with self.session.post(self.url, data=self.body, headers=self.headers) as resp:
-                if self.scenario.stream:
-                    problem, tokens = await self._stream(resp, t0, samples)
-                else:
-                    problem, tokens = await self._whole(resp)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            problem, tokens = type(exc).__name__, 0
-        end = time.perf_counter()
-        samples.completed += 1
-        if problem:
-            samples.errors[problem] += 1
-            return
-        samples.latency.append(end - t0)
-        tally.ok += 1
-        tally.completion_tokens += tokens
-
-    async def _whole(self, resp: aiohttp.ClientResponse) -> tuple[str | None, int]:
-        data = await resp.read()
-        if resp.status != 200:
-            return f"HTTP {resp.status}", 0
-        got = (json.loads(data).get("usage") or {}).get("completion_tokens")
-        if got != self.scenario.max_tokens:
-            return f"usage.completion_tokens {got}, expected {self.scenario.max_tokens}", 0
-        return None, got
-
-    async def _stream(
-        self, resp: aiohttp.ClientResponse, t0: float, samples: Samples
-    ) -> tuple[str | None, int]:
-        if resp.status != 200:
-            await resp.read()
-            return f"HTTP {resp.status}", 0
-        first = last = 0.0
-        count = 0
-        done = False
-        gaps: list[float] = []
-        async for line in resp.content:
-            if not line.startswith(b"data: "):
-                continue
-            data = line[6:].strip()
-            if data == b"[DONE]":
-                done = True
-                continue
-            choices = json.loads(data).get("choices")
-            if not choices:  # a usage-only chunk the client did not ask for
-                return "usage chunk reached a client that did not ask for it", 0
-            if (choices[0].get("delta") or {}).get("content"):
-                now = time.perf_counter()
-                if count:
-                    gaps.append(now - last)
-                else:
-                    first = now
-                last = now
-                count += 1
-        if not done:
-            return "stream ended without [DONE]", 0
-        if count != self.scenario.max_tokens:
-            return f"{count} content chunks, expected {self.scenario.max_tokens}", 0
-        samples.ttft.append(first - t0)
-        samples.gaps += gaps
-        samples.chunks += count
-        return None, count
+@dataclass
+class Soak:
+    requests_before: int
+    requests_after: int
+    seconds: float
+    rss_before_kb: int
+    rss_after_kb: int
+    errors: Counter[str]
+    trace: list[tuple[int, int]]  # (requests served, RSS kB) after each wrk run of the soak
 
 
-async def closed_loop(
-    client: Client, concurrency: int, samples: Samples, seconds: float, count: int | None
-) -> None:
-    """`concurrency` workers, each sending its next request as soon as the last one is done."""
-    deadline = time.perf_counter() + seconds
-    remaining = count
-
-    async def worker() -> None:
-        nonlocal remaining
-        while True:
-            if remaining is not None:
-                if remaining <= 0:
-                    return
-                remaining -= 1
-            elif time.perf_counter() >= deadline:
-                return
-            await client.once(samples)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+# ----------------------------------------------------------------------------- measuring
 
 
-def _client_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
+class Runner:
+    """Starts everything, drives the scenarios and phases, and collects the raw figures."""
 
+    def __init__(
+        self,
+        targets: list[Target],
+        scenarios: list[Scenario],
+        phases: list[str],
+        plan: Plan,
+        litellm_venv: Path,
+    ) -> None:
+        self.targets = targets
+        self.scenarios = scenarios
+        self.phases = phases
+        self.plan = plan
+        self.workdir = Path(tempfile.mkdtemp(prefix="sidemeter-bench-"))
+        self.bench = Bench(python=sys.executable, workdir=self.workdir, litellm_venv=litellm_venv)
+        self.upstream: Service | None = None
+        self.cells: dict[str, dict[str, Cell]] = {
+            s.name: {t.name: Cell() for t in targets} for s in scenarios
+        }
+        self.waves: dict[str, list[Wave]] = {}
+        self.soaks: dict[str, Soak] = {}
+        self.wrk_exe = ""
+        self.prepare_s = 0.0  # installing LiteLLM (first run only), issuing the token
+        self._wrk: dict[tuple[str, str, int], Wrk] = {}
 
-async def measure(target: Target, scenario: Scenario, upstream: Service, plan: Plan) -> Samples:
-    """Warm up, let the servers settle, then measure; one keep-alive pool for both."""
-    watched = [upstream] + ([target.service] if target.service else [])
-    connector = aiohttp.TCPConnector(limit=scenario.concurrency, limit_per_host=scenario.concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT) as session:
-        client = Client(session, target, scenario)
-        if plan.warmup_s > 0:
-            await closed_loop(client, scenario.concurrency, Samples(), plan.warmup_s, None)
-        await settle(watched)
-        proxy0 = target.service.cpu_seconds() if target.service else None
-        loop0 = target.service.cpu_seconds(main_thread=True) if target.service else None
-        upstream0, client0 = upstream.cpu_seconds(), _client_cpu()
-        samples = Samples()
-        t0 = time.perf_counter()
-        await closed_loop(client, scenario.concurrency, samples, plan.duration_s, plan.requests)
-        samples.wall = time.perf_counter() - t0
-        samples.client_cpu = _client_cpu() - client0
-        await settle(watched)  # work left after the last answer (queued records) is charged here
-        if target.service is not None and proxy0 is not None and loop0 is not None:
-            samples.proxy_cpu = target.service.cpu_seconds() - proxy0
-            samples.proxy_loop_cpu = target.service.cpu_seconds(main_thread=True) - loop0
-        samples.upstream_cpu = upstream.cpu_seconds() - upstream0
-    return samples
+    def watched(self, target: Target) -> list[Service]:
+        assert self.upstream is not None
+        return [self.upstream] + ([target.service] if target.service else [])
 
+    async def start(self) -> None:
+        if any(not s.stream for s in self.scenarios) or "soak" in self.phases:
+            self.wrk_exe = ensure_wrk()
+        if "swarm" in self.phases:
+            raise_fd_limit(4 * self.plan.swarm_streams + 1024)
+        t0 = time.monotonic()
+        for t in self.targets:
+            await t.prepare(self.bench)  # installs LiteLLM on first use, issues the JWT
+        self.prepare_s = time.monotonic() - t0
+        port = free_port()
+        argv = [self.bench.python, str(BENCH_DIR / "sim_upstream.py"), "--listen", f"127.0.0.1:{port}"]
+        if self.plan.swarm_pace_ms != SWARM_PACE_MS:
+            pace = self.plan.swarm_pace_ms
+            argv += ["--pace", f"{SWARM_MODEL}={pace:g},{pace:g}"]
+        self.upstream = Service("upstream", argv, self.workdir, self.bench.child_env())
+        self.upstream.start()
+        self.bench.upstream_url = f"http://127.0.0.1:{port}"
+        await wait_until(
+            lambda: http_ok(self.bench.upstream_url + "/health"), self.upstream, "the simulated server"
+        )
+        self.upstream.rss_ready_kb = self.upstream.rss_kb()
+        # LiteLLM takes ~20 s to import and start: start every proxy at once.
+        await asyncio.gather(*(t.start(self.bench) for t in self.targets))
+        for t in self.targets:
+            await self.preflight(t)
+            pid = f"pid {t.service.pid}  " if t.service else ""
+            say(f"{t.name:<10} {t.base_url}  {pid}{t.command_line()}")
 
-async def preflight(target: Target) -> None:
-    """One request of each kind before anything is measured: fail fast, with the proxy's log."""
-    for scenario in (Scenario("preflight", False, 1, 8), Scenario("preflight", True, 1, 8)):
-        samples = Samples()
+    async def preflight(self, target: Target) -> None:
+        """One request of each kind before anything is measured: fail fast, with the proxy's log."""
+        log = f"; its log:\n{target.service.log_tail()}" if target.service else ""
         async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as session:
-            await Client(session, target, scenario).once(samples)
-        if samples.errors:
-            problem = next(iter(samples.errors))
-            log = f"; its log:\n{target.service.log_tail()}" if target.service else ""
-            kind = "streaming" if scenario.stream else "non-streaming"
-            raise BenchError(f"{target.name} ({target.base_url}): {kind} test request failed: {problem}{log}")
+            url = target.base_url + "/v1/chat/completions"
+            headers = {"Content-Type": "application/json", **target.headers}
+            async with session.post(url, data=chat_body(MODEL, CHAT_TOKENS, False), headers=headers) as r:
+                text = await r.text()
+            target.tally.add(sent=1, ok=int(r.status == 200), tokens=CHAT_TOKENS if r.status == 200 else 0)
+            if r.status != 200 or f'"completion_tokens":{CHAT_TOKENS}' not in text.replace(" ", ""):
+                raise BenchError(f"{target.name}: test request answered {r.status}: {text[:300]}{log}")
+            for model in (MODEL, "sim-model-paced"):
+                samples = StreamSamples()
+                await StreamClient(session, target, model, 8).once(samples)
+                if samples.errors:
+                    raise BenchError(
+                        f"{target.name}: streaming test request failed: {next(iter(samples.errors))}{log}"
+                    )
+
+    def wrk(self, target: Target, sc: Scenario) -> Wrk:
+        key = (target.name, sc.model, sc.max_tokens)
+        if key not in self._wrk:
+            self._wrk[key] = Wrk(
+                self.wrk_exe,
+                self.workdir,
+                target.base_url + "/v1/chat/completions",
+                target.headers,
+                chat_body(sc.model, sc.max_tokens, False),
+                f'"completion_tokens":{sc.max_tokens}',
+            )
+        return self._wrk[key]
+
+    def _charge(self, target: Target, run: WrkRun, cell: Cell | None) -> None:
+        target.tally.add(sent=run.sent, ok=run.good, tokens=run.good * CHAT_TOKENS, unanswered=run.unanswered)
+        if cell is None:
+            return
+        cell.sent += run.sent
+        cell.ok += run.good
+        cell.errors.update({f"wrk {k}": v for k, v in run.errors.items()})
+        if run.bad:
+            cell.errors["wrong answer or HTTP status"] += run.bad
+
+    async def measure(self, target: Target, sc: Scenario) -> float:
+        """Warm up, let the servers settle, measure one round; returns requests/s of the round."""
+        cell = self.cells[sc.name][target.name]
+        watched = self.watched(target)
+        assert self.upstream is not None
+        session: aiohttp.ClientSession | None = None
+        client: StreamClient | None = None
+        if sc.stream:
+            session = aiohttp.ClientSession(connector=connector(sc.concurrency), timeout=REQUEST_TIMEOUT)
+            client = StreamClient(session, target, sc.model, sc.max_tokens)
+        try:
+            if self.plan.warmup_s > 0:
+                if client is not None:
+                    await closed_loop(client, sc.concurrency, StreamSamples(), self.plan.warmup_s)
+                else:
+                    run = await self.wrk(target, sc).run(sc.concurrency, self.plan.warmup_s, sc.think_ms)
+                    self._charge(target, run, None)
+            await settle(watched)
+            svc = target.service
+            proxy0 = svc.cpu_seconds() if svc else None
+            loop0 = svc.cpu_seconds(main_thread=True) if svc else None
+            up0 = self.upstream.cpu_seconds()
+            if client is not None:
+                samples = StreamSamples()
+                samples.wall = self.plan.duration_s
+                await closed_loop(client, sc.concurrency, samples, self.plan.duration_s)
+                cell.streams.merge(samples)
+                cell.sent += samples.sent
+                cell.ok += len(samples.latency)
+                cell.errors.update(samples.errors)
+                cell.chunks_counted += samples.chunks_in_window
+                wall, done = samples.wall, samples.in_window
+            else:
+                run = await self.wrk(target, sc).run(sc.concurrency, self.plan.duration_s, sc.think_ms)
+                self._charge(target, run, cell)
+                cell.histogram.update(run.histogram)
+                wall, done = run.window_s, run.in_window
+            await settle(watched)  # work left after the last answer (queued records) is charged here
+            if svc is not None and proxy0 is not None and loop0 is not None:
+                cell.add_cpu(svc.cpu_seconds() - proxy0, svc.cpu_seconds(main_thread=True) - loop0, 0.0)
+            cell.upstream_cpu += self.upstream.cpu_seconds() - up0
+            cell.wall += wall
+            cell.counted += done
+            rate = done / wall if wall else 0.0
+            cell.by_round.append(round(rate, 1))
+            return rate
+        finally:
+            if session is not None:
+                await session.close()
+
+    async def scenarios_phase(self) -> None:
+        for sc in self.scenarios:
+            sparse = sc.kind == "paced" or sc.think_ms > 0  # few samples per second: fewer rounds
+            rounds = self.plan.paced_rounds if sparse else self.plan.rounds
+            for rnd in range(rounds):
+                # Alternate the order each round so drift in the box's load hits every column alike.
+                order = self.targets if rnd % 2 == 0 else self.targets[::-1]
+                for target in order:
+                    rate = await self.measure(target, sc)
+                    errs = self.cells[sc.name][target.name].errors
+                    extra = f"  ERRORS so far {dict(errs)}" if errs else ""
+                    say(f"{sc.name:<10} round {rnd + 1}/{rounds}  {target.name:<10} {rate:8.1f} req/s{extra}")
+
+    async def swarm_phase(self) -> None:
+        p = self.plan
+        for target in self.targets:
+            if p.mode == "quick" and target.name in QUICK_SWARM_SKIPS:
+                say(f"swarm      {target.name}: skipped in a quick run (it takes half a minute or more)")
+                continue
+            waves: list[Wave] = []
+            n_waves = p.swarm_waves if target.name in MULTI_WAVE else 1
+            for i in range(n_waves):
+                w = await wave(
+                    target,
+                    p.swarm_streams,
+                    SWARM_MODEL,
+                    p.swarm_tokens,
+                    p.swarm_ramp_s,
+                    self.watched(target),
+                    settle,
+                )
+                waves.append(w)
+                s = w.samples
+                mem = ""
+                if w.rss_before_kb is not None:
+                    mem = f"  RSS {w.rss_before_kb / 1024:.1f} -> peak {(w.rss_peak_kb or 0) / 1024:.1f}"
+                    mem += f" -> {(w.rss_after_kb or 0) / 1024:.1f} MB, fds peak {w.fds_peak}"
+                errs = f"  ERRORS {dict(s.errors)}" if s.errors else ""
+                say(
+                    f"swarm      wave {i + 1}/{n_waves}  {target.name:<10} {len(s.latency)}/{s.sent} "
+                    f"streams ok, {w.open_max} open at once, {w.seconds:.1f} s{mem}{errs}"
+                )
+            self.waves[target.name] = waves
+
+    async def soak_phase(self) -> None:
+        """Non-streaming requests at c=16 until the proxy has served `soak_requests` in all (what
+        the earlier phases sent counts), or its time limit is over (`soak_slow_max_s` for the
+        columns that could never get there in a run of minutes: LiteLLM); RSS before and after."""
+        p = self.plan
+        for target in self.targets:
+            svc = target.service
+            if svc is None:
+                continue
+            sc = Scenario("soak", "chat", 16, CHAT_TOKENS, MODEL)
+            wrk = self.wrk(target, sc)
+            await settle(self.watched(target))
+            before_n, rss0 = target.tally.sent, svc.rss_kb()
+            limit = p.soak_slow_max_s if target.slow else p.soak_max_s
+            errors: Counter[str] = Counter()
+            trace = [(before_n, rss0)]
+            t0 = time.monotonic()
+            rate = 0.0
+            while target.tally.sent < p.soak_requests:
+                left = limit - (time.monotonic() - t0)
+                if left < 0.5:
+                    break
+                needed = p.soak_requests - target.tally.sent
+                chunk = 5.0 if not rate else needed / rate * 1.02 + 0.2  # aim at the count, not past it
+                run = await wrk.run(16, min(left, chunk, 15.0))
+                self._charge(target, run, None)
+                errors.update({f"wrk {k}": v for k, v in run.errors.items()})
+                if run.bad:
+                    errors["wrong answer or HTTP status"] += run.bad
+                rate = run.rate
+                trace.append((target.tally.sent, svc.rss_kb()))
+                say(
+                    f"soak       {target.name:<10} {target.tally.sent:>7} requests served so far "
+                    f"({rate:.0f} req/s), RSS {svc.rss_kb() / 1024:.1f} MB"
+                )
+            seconds = time.monotonic() - t0
+            await settle(self.watched(target))
+            await asyncio.sleep(0.5)
+            rss1 = svc.rss_kb()
+            trace.append((target.tally.sent, rss1))
+            self.soaks[target.name] = Soak(before_n, target.tally.sent, seconds, rss0, rss1, errors, trace)
+
+    async def stop(self) -> None:
+        for t in self.targets:
+            if t.service is not None:
+                with contextlib.suppress(OSError):
+                    t.service.note_peak()
+            await t.stop()
+        if self.upstream is not None:
+            await self.upstream.stop()
 
 
 # ----------------------------------------------------------------------------- figures
@@ -634,6 +433,29 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def hist_percentile(hist: Mapping[int, int], q: float) -> float | None:
+    """The same, over a histogram {value: count}."""
+    items = sorted(hist.items())
+    if not items:
+        return None
+    cum, total = [], 0
+    for _, c in items:
+        total += c
+        cum.append(total)
+
+    def at(rank: int) -> float:  # value of the rank-th sample (0-based)
+        return float(items[bisect.bisect_right(cum, rank)][0])
+
+    pos = (total - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, total - 1)
+    return at(lo) + (at(hi) - at(lo)) * (pos - lo)
+
+
+def _round(x: float | None, scale: float = 1.0, digits: int = 3) -> float | None:
+    return None if x is None else round(x * scale, digits)
+
+
 def _ms(values: list[float]) -> dict[str, float | None]:
     v = sorted(values)
     out = {f"p{q}": _round(percentile(v, q), 1000) for q in (50, 90, 99)}
@@ -642,54 +464,39 @@ def _ms(values: list[float]) -> dict[str, float | None]:
     return out
 
 
-def _round(x: float | None, scale: float = 1.0, digits: int = 3) -> float | None:
-    return None if x is None else round(x * scale, digits)
-
-
-def _per_request(cpu: float | None, n: int) -> float | None:
-    return _round(cpu / n, 1000) if cpu is not None and n else None
-
-
-def summarize(s: Samples, scenario: Scenario) -> dict[str, Any]:
-    ok = len(s.latency)
-    out: dict[str, Any] = {
-        "requests": s.completed,
-        "ok": ok,
-        "errors": dict(s.errors),
-        "seconds": _round(s.wall),
-        "requests_per_s": _round(ok / s.wall if s.wall else None, 1, 1),
-        "requests_per_s_by_round": [round(x, 1) for x in s.rounds_per_s],
-        "latency_ms": _ms(s.latency),
-        "proxy_cpu_ms_per_request": _per_request(s.proxy_cpu, s.completed),
-        "proxy_loop_cpu_ms_per_request": _per_request(s.proxy_loop_cpu, s.completed),
-        "upstream_cpu_ms_per_request": _per_request(s.upstream_cpu, s.completed),
-        "client_cpu_ms_per_request": _per_request(s.client_cpu, s.completed),
-    }
-    if scenario.stream:
-        out["ttft_ms"] = _ms(s.ttft)
-        out["chunk_gap_ms"] = _ms(s.gaps)
-        out["chunks_per_s"] = _round(s.chunks / s.wall if s.wall else None, 1, 1)
+def _hist_ms(hist: Mapping[int, int]) -> dict[str, float | None]:
+    n = sum(hist.values())
+    out = {f"p{q}": _round(hist_percentile(hist, q), 0.001) for q in (50, 90, 99)}
+    out["mean"] = _round(sum(v * c for v, c in hist.items()) / n, 0.001) if n else None
+    out["max"] = _round(max(hist), 0.001) if hist else None
     return out
 
 
-def compare(cells: dict[str, dict[str, Any]]) -> None:
-    """Add, to every cell, the differences to `direct` and the throughput ratios to each baseline."""
-    direct = cells.get("direct")
-    for cell in cells.values():
-        if direct is not None:
-            added = {
-                "p50_ms": _diff(cell["latency_ms"]["p50"], direct["latency_ms"]["p50"]),
-                "p99_ms": _diff(cell["latency_ms"]["p99"], direct["latency_ms"]["p99"]),
-            }
-            if "ttft_ms" in cell:
-                added["ttft_p50_ms"] = _diff(cell["ttft_ms"]["p50"], direct["ttft_ms"]["p50"])
-                added["ttft_p99_ms"] = _diff(cell["ttft_ms"]["p99"], direct["ttft_ms"]["p99"])
-            cell["added_vs_direct"] = added
-        cell["throughput_ratio"] = {
-            base: _ratio(cell["requests_per_s"], cells[base]["requests_per_s"])
-            for base in BASELINES
-            if base in cells
-        }
+def _per(x: float | None, n: int) -> float | None:
+    return _round(x / n, 1000) if x is not None and n else None
+
+
+def summarize(cell: Cell, sc: Scenario) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "requests": cell.sent,
+        "ok": cell.ok,
+        "errors": dict(cell.errors),
+        "seconds": _round(cell.wall),
+        "requests_per_s": _round(cell.counted / cell.wall if cell.wall else None, 1, 1),
+        "requests_per_s_by_round": cell.by_round,
+        "proxy_cpu_ms_per_request": _per(cell.proxy_cpu, cell.sent),
+        "proxy_loop_cpu_ms_per_request": _per(cell.proxy_loop_cpu, cell.sent),
+        "upstream_cpu_ms_per_request": _per(cell.upstream_cpu, cell.sent),
+    }
+    if sc.stream:
+        s = cell.streams
+        out["latency_ms"] = _ms(s.latency)
+        out["ttft_ms"] = _ms(s.ttft)
+        out["chunk_gap_ms"] = _ms(s.gaps)
+        out["chunks_per_s"] = _round(cell.chunks_counted / cell.wall if cell.wall else None, 1, 1)
+    else:
+        out["latency_ms"] = _hist_ms(cell.histogram)
+    return out
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -697,7 +504,155 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else round(a / b, 3)
+    return None if a is None or b is None or b == 0 else round(a / b, 3)
+
+
+def compare(cells: dict[str, dict[str, Any]]) -> None:
+    """Add to every cell: the differences to `direct` (added latency, TTFT, gaps), and the ratios
+    of throughput, latency and added latency to each baseline (direct and master)."""
+    direct = cells.get("direct")
+    metrics = [
+        ("latency_ms", "p50"),
+        ("latency_ms", "p99"),
+        ("ttft_ms", "p50"),
+        ("ttft_ms", "p99"),
+        ("chunk_gap_ms", "p50"),
+        ("chunk_gap_ms", "p99"),
+    ]
+    for cell in cells.values():
+        added: dict[str, float | None] = {}
+        if direct is not None:
+            for group, q in metrics:
+                if group in cell:
+                    key = f"{q}_ms" if group == "latency_ms" else f"{group.removesuffix('_ms')}_{q}_ms"
+                    added[key] = _diff(cell[group][q], direct[group][q])
+        cell["added_vs_direct"] = added
+    for cell in cells.values():
+        ratios: dict[str, dict[str, float | None]] = {}
+        for base in BASELINES:
+            b = cells.get(base)
+            if b is None:
+                continue
+            r = {
+                "requests_per_s": _ratio(cell["requests_per_s"], b["requests_per_s"]),
+                "latency_p50": _ratio(cell["latency_ms"]["p50"], b["latency_ms"]["p50"]),
+                "latency_p99": _ratio(cell["latency_ms"]["p99"], b["latency_ms"]["p99"]),
+            }
+            if "chunks_per_s" in cell:
+                r["chunks_per_s"] = _ratio(cell["chunks_per_s"], b["chunks_per_s"])
+                r["ttft_p50"] = _ratio(cell["ttft_ms"]["p50"], b["ttft_ms"]["p50"])
+            if base != "direct":  # added latency is 0 for direct: only a ratio to the others means much
+                for k, v in cell["added_vs_direct"].items():
+                    r[f"added_{k}"] = _ratio(v, b["added_vs_direct"].get(k))
+            ratios[base] = r
+        cell["ratios"] = ratios
+
+
+def summarize_wave(w: Wave) -> dict[str, Any]:
+    s = w.samples
+    out: dict[str, Any] = {
+        "streams": w.streams,
+        "ok": len(s.latency),
+        "errors": dict(s.errors),
+        "open_at_once": w.open_max,
+        "seconds": _round(w.seconds),
+        "chunks_per_s": _round(s.chunks / w.seconds if w.seconds else None, 1, 1),
+        "latency_ms": _ms(s.latency),
+        "ttft_ms": _ms(s.ttft),
+        "chunk_gap_ms": _ms(s.gaps),
+        "rss_before_kb": w.rss_before_kb,
+        "rss_peak_kb": w.rss_peak_kb,
+        "rss_after_kb": w.rss_after_kb,
+        "open_files_before": w.fds_before,
+        "open_files_peak": w.fds_peak,
+        "cpu_s": {"proxy": w.proxy_cpu_s, "upstream": w.upstream_cpu_s, "client": w.client_cpu_s},
+    }
+    if w.rss_before_kb is not None and w.rss_peak_kb is not None and w.streams:
+        out["peak_kb_per_stream"] = round((w.rss_peak_kb - w.rss_before_kb) / w.streams, 1)
+    if w.proxy_cpu_s is not None and s.chunks:
+        out["proxy_cpu_us_per_chunk"] = round(w.proxy_cpu_s / s.chunks * 1e6, 1)
+    return out
+
+
+def swarm_report(runner: Runner) -> dict[str, Any]:
+    p = runner.plan
+    out: dict[str, Any] = {
+        "streams": p.swarm_streams,
+        "waves": p.swarm_waves,
+        "max_tokens": p.swarm_tokens,
+        "model": SWARM_MODEL,
+        "token_delay_ms": p.swarm_pace_ms,
+        "ramp_s": p.swarm_ramp_s,
+        "targets": {name: [summarize_wave(w) for w in waves] for name, waves in runner.waves.items()},
+    }
+
+    # Each wave against the same wave of a baseline, or its last one (direct runs one wave only).
+    def base_wave(name: str, i: int) -> dict[str, Any] | None:
+        waves = out["targets"].get(name) or []
+        return waves[min(i, len(waves) - 1)] if waves else None
+
+    for waves in out["targets"].values():
+        for i, w in enumerate(waves):
+            d = base_wave("direct", i)
+            if d is not None:
+                w["added_vs_direct"] = {
+                    "gap_p50_ms": _diff(w["chunk_gap_ms"]["p50"], d["chunk_gap_ms"]["p50"]),
+                    "gap_p99_ms": _diff(w["chunk_gap_ms"]["p99"], d["chunk_gap_ms"]["p99"]),
+                    "ttft_p50_ms": _diff(w["ttft_ms"]["p50"], d["ttft_ms"]["p50"]),
+                }
+            w["chunks_per_s_ratio"] = {
+                base: _ratio(w["chunks_per_s"], b["chunks_per_s"])
+                for base in BASELINES
+                if (b := base_wave(base, i)) is not None
+            }
+    return out
+
+
+def _rss_at_half(soak: Soak) -> int | None:
+    """RSS when the soak had served half of its requests: after - half is the growth over its
+    second half (zero when memory has levelled off)."""
+    half = (soak.requests_before + soak.requests_after) / 2
+    return next((kb for n, kb in soak.trace if n >= half and n < soak.requests_after), None)
+
+
+def memory_report(runner: Runner) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for t_name, svc in [("upstream", runner.upstream)] + [(t.name, t.service) for t in runner.targets]:
+        if svc is None:
+            continue
+        soak = runner.soaks.get(t_name)
+        entry: dict[str, Any] = {
+            "pid": svc.pid,
+            "rss_ready_kb": svc.rss_ready_kb,
+            "rss_peak_kb": svc.peak_seen_kb or None,
+            "requests_served": next((t.tally.sent for t in runner.targets if t.name == t_name), None),
+        }
+        if soak is not None:
+            entry["soak"] = {
+                "requests_before": soak.requests_before,
+                "requests_after": soak.requests_after,
+                "seconds": round(soak.seconds, 1),
+                "rss_before_kb": soak.rss_before_kb,
+                "rss_after_kb": soak.rss_after_kb,
+                "rss_half_kb": _rss_at_half(soak),
+                "errors": dict(soak.errors),
+                "trace": [{"requests": n, "rss_kb": kb} for n, kb in soak.trace],
+            }
+        out[t_name] = entry
+    base = out.get("master")
+    for name, entry in out.items():
+        if base is None or name == "upstream":
+            continue
+        entry["ratio_to_master"] = {
+            "rss_peak": _ratio(entry["rss_peak_kb"], base["rss_peak_kb"]),
+            "rss_after_soak": _ratio(
+                (entry.get("soak") or {}).get("rss_after_kb"), (base.get("soak") or {}).get("rss_after_kb")
+            ),
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------- machine
 
 
 def _first_line(path: str, key: str) -> str | None:
@@ -723,11 +678,22 @@ def _git(*args: str) -> str | None:
     return out.stdout.rstrip()
 
 
-def machine_facts() -> dict[str, Any]:
+def _wrk_version(exe: str) -> str | None:
+    if not exe:
+        return None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=5, check=False)
+        first = (out.stdout or out.stderr).split()
+        return first[1] if len(first) > 1 else None
+    return None
+
+
+def machine_facts(runner: Runner) -> dict[str, Any]:
     mem = _first_line("/proc/meminfo", "MemTotal")
     status = _git("status", "--porcelain")
     # What was measured when the tree was dirty: the changed files of the code on the request path.
-    changed = _git("status", "--porcelain", "--", "agent", "addons", "ops_api")
+    changed = _git("status", "--porcelain", "--", "agent", "addons", "ops_api", "setup.cfg")
+    litellm = next((t for t in runner.targets if isinstance(t, LiteLLM)), None)
     return {
         "cpu_model": _first_line("/proc/cpuinfo", "model name"),
         "cores": os.cpu_count(),
@@ -737,6 +703,9 @@ def machine_facts() -> dict[str, Any]:
         "python": platform.python_version(),
         "mitmproxy": _version("mitmproxy"),
         "aiohttp": _version("aiohttp"),
+        "uvloop": _version("uvloop"),
+        "litellm": litellm.version if litellm else None,
+        "wrk": _wrk_version(runner.wrk_exe),
         "sidemeter": _version("sidemeter"),
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
@@ -744,280 +713,113 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
+def _box_cpu() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
+
+
+def _own_cpu() -> float:
+    """CPU of this process and of every child it waited for (wrk runs, token issuing)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        total += ru.ru_utime + ru.ru_stime
+    return total
+
+
 # ----------------------------------------------------------------------------- the run
 
 
-async def run(targets: list[Target], scenarios: Sequence[Scenario], plan: Plan) -> dict[str, Any]:
+async def run(runner: Runner) -> dict[str, Any]:
     started = datetime.now(UTC)
     load_before = os.getloadavg()
-    workdir = Path(tempfile.mkdtemp(prefix="sidemeter-bench-"))
-    bench = Bench(python=sys.executable, workdir=workdir)
-    upstream_port = free_port()
-    upstream = Service(
-        "upstream",
-        [
-            bench.python,
-            "-m",
-            "agent.cli",
-            "mock-upstream",
-            "--dialect",
-            "openai",
-            "--listen",
-            f"127.0.0.1:{upstream_port}",
-            "--token-delay",
-            "0",
-        ],
-        workdir,
-        bench.child_env(),
-    )
-    bench.upstream_url = f"http://127.0.0.1:{upstream_port}"
-    pooled: dict[str, dict[str, Samples]] = {s.name: {t.name: Samples() for t in targets} for s in scenarios}
-    memory: dict[str, dict[str, int | None]] = {}
-    checks: list[Check] = []
     t_start = time.monotonic()
-    box0, client0 = _box_cpu(), _client_cpu()
+    checks: list[Check] = []
     background: dict[str, float] = {}
     try:
-        upstream.start()
-        await wait_until(lambda: http_ok(bench.upstream_url + "/health"), upstream, "the simulated server")
-        upstream.rss_start_kb = upstream.memory_kb().get("VmRSS")
-        for target in targets:
-            await target.start(bench)
-            await preflight(target)
-            pid = f"pid {target.service.pid}  " if target.service else ""
-            _say(f"{target.name:<10} {target.base_url}  {pid}{target.command_line()}")
-        for scenario in scenarios:
-            for rnd in range(plan.rounds):
-                # Alternate the order each round so drift in the box's load hits every column alike.
-                order = targets if rnd % 2 == 0 else targets[::-1]
-                for target in order:
-                    s = await measure(target, scenario, upstream, plan)
-                    pooled[scenario.name][target.name].merge(s)
-                    errs = f"  ERRORS {dict(s.errors)}" if s.errors else ""
-                    _say(
-                        f"{scenario.name:<10} round {rnd + 1}/{plan.rounds}  {target.name:<10} "
-                        f"{len(s.latency) / s.wall:8.1f} req/s{errs}"
-                    )
-        services = [upstream] + [t.service for t in targets if t.service]
-        for svc in services:
-            memory[svc.name] = {"pid": svc.pid, "rss_start_kb": svc.rss_start_kb, **_memory(svc)}
+        await runner.start()
+        say(f"all servers ready after {time.monotonic() - t_start:.0f} s")
+        box0, own0 = _box_cpu(), _own_cpu()
+        cpu0 = {s.name: s.cpu_seconds() for s in _services(runner)}
+        t_measure = time.monotonic()
+        await runner.scenarios_phase()
+        if "soak" in runner.phases:
+            await runner.soak_phase()
+        if "swarm" in runner.phases:
+            await runner.swarm_phase()
         # What the rest of the machine did meanwhile: busy CPU minus this run's own processes.
-        box1, elapsed = _box_cpu(), time.monotonic() - t_start
-        ours = _client_cpu() - client0 + sum(svc.cpu_seconds() for svc in services)
+        box1, elapsed = _box_cpu(), time.monotonic() - t_measure
+        ours = _own_cpu() - own0 + sum(s.cpu_seconds() - cpu0.get(s.name, 0.0) for s in _services(runner))
         background = {
             "other_processes_cores": round(max(box1[0] - box0[0] - ours, 0.0) / elapsed, 2),
             "steal_cores": round((box1[1] - box0[1]) / elapsed, 2),
         }
     except BenchError as e:
-        raise BenchError(f"{e}\n(every process's log is kept in {workdir})") from None
+        raise BenchError(f"{e}\n(every process's log is kept in {runner.workdir})") from None
     finally:
-        for target in targets:
-            await target.stop()
-        await upstream.stop()
-    for target in targets:
+        await runner.stop()
+    for target in runner.targets:
         checks += target.checks()
         t = target.tally
+        complete = t.ok + t.unanswered == t.sent
         checks.append(
             Check(
                 f"{target.name}: every answer complete and correct",
-                t.ok == t.sent,
-                f"{t.ok} of {t.sent} requests (warm-up included) answered 200 with the expected tokens"
-                + ("" if t.ok == t.sent else "; see the errors column and the progress lines"),
+                complete,
+                f"{t.ok} of {t.sent} requests (warm-ups included) answered 200 with the expected tokens"
+                + (f"; {t.unanswered} left in flight when a wrk run ended" if t.unanswered else "")
+                + ("" if complete else "; see the errors columns and the progress lines"),
             )
         )
-    results: dict[str, Any] = {}
-    for scenario in scenarios:
-        cells = {t.name: summarize(pooled[scenario.name][t.name], scenario) for t in targets}
+    scenarios: dict[str, Any] = {}
+    for sc in runner.scenarios:
+        cells = {t.name: summarize(runner.cells[sc.name][t.name], sc) for t in runner.targets}
         compare(cells)
-        results[scenario.name] = {
-            "stream": scenario.stream,
-            "concurrency": scenario.concurrency,
-            "max_tokens": scenario.max_tokens,
+        scenarios[sc.name] = {
+            "kind": sc.kind,
+            "stream": sc.stream,
+            "concurrency": sc.concurrency,
+            "max_tokens": sc.max_tokens,
+            "model": sc.model,
+            "think_ms": sc.think_ms,
+            "load": "wrk" if not sc.stream else "aiohttp",
             "targets": cells,
         }
-    shutil.rmtree(workdir, ignore_errors=True)
-    return {
+    result: dict[str, Any] = {
         "schema": SCHEMA,
         "date": started.isoformat(timespec="seconds"),
-        "run_seconds": round(time.monotonic() - t_start, 1),
-        "machine": machine_facts(),
+        "run_seconds": round(time.monotonic() - t_start - runner.prepare_s, 1),
+        "prepare_seconds": round(runner.prepare_s, 1),
+        "mode": runner.plan.mode,
+        "machine": machine_facts(runner),
         "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "background_cpu": background,
-        "plan": {
-            "warmup_s": plan.warmup_s,
-            "duration_s": None if plan.requests else plan.duration_s,
-            "requests": plan.requests,
-            "rounds": plan.rounds,
-        },
+        "plan": vars(runner.plan),
         "upstream": {
-            "command": " ".join(upstream.argv),
-            "what": "SimulatedLLM('openai', flavor='vllm', token_delay=0) in its own process",
+            "command": " ".join(runner.upstream.argv) if runner.upstream else "",
+            "what": "SimulatedLLM('openai', flavor='vllm') in its own process; token pace by model: "
+            "sim-model none, sim-model-paced 20 ms then 5 ms, sim-model-slow "
+            f"{runner.plan.swarm_pace_ms:g} ms",
         },
-        "client": "aiohttp in the bench process: closed loop, one keep-alive pool of `concurrency` "
-        "connections per measurement",
         "targets": [
-            {"name": t.name, "description": t.description, "command": t.command_line()} for t in targets
+            {"name": t.name, "description": t.description, "command": t.command_line()}
+            for t in runner.targets
         ],
-        "memory_kb": memory,
-        "scenarios": results,
+        "scenarios": scenarios,
+        "memory_kb": memory_report(runner),
         "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in checks],
     }
+    if runner.waves:
+        result["swarm"] = swarm_report(runner)
+    result["targets_met"] = report.evaluate(result)
+    shutil.rmtree(runner.workdir, ignore_errors=True)
+    return result
 
 
-def _box_cpu() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq) / _CLOCK_TICKS, steal / _CLOCK_TICKS
-
-
-def _memory(svc: Service) -> dict[str, int | None]:
-    m = svc.memory_kb()
-    return {"rss_end_kb": m.get("VmRSS"), "rss_peak_kb": m.get("VmHWM")}
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def _f(x: float | None, digits: int = 2, suffix: str = "") -> str:
-    return "-" if x is None else f"{x:.{digits}f}{suffix}"
-
-
-def _signed(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{x:+.{digits}f}"
-
-
-def _cpu(cell: dict[str, Any]) -> str:
-    total, loop = cell["proxy_cpu_ms_per_request"], cell.get("proxy_loop_cpu_ms_per_request")
-    return _f(total) + ("" if loop is None else f" ({loop:.2f})")
-
-
-def _errors(cell: dict[str, Any]) -> str:
-    return str(sum(cell["errors"].values()))
-
-
-def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) for every table of the report; rendered as text or markdown."""
-    names = [t["name"] for t in report["targets"]]
-    out: list[tuple[str, list[str], list[list[str]]]] = []
-    ratio_cols = [f"vs {b}" for b in BASELINES if b in names]
-    for stream in (False, True):
-        group = {k: v for k, v in report["scenarios"].items() if v["stream"] == stream}
-        if not group:
-            continue
-        first = next(iter(group.values()))
-        if not stream:
-            title = f"Non-streaming chat completions (max_tokens {first['max_tokens']})"
-            header = ["target", "c", "req/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", *ratio_cols]
-        else:
-            title = f"Streaming chat completions (max_tokens {first['max_tokens']}, token_delay 0)"
-            header = ["target", "c", "streams/s", "chunks/s", "p50 ms", "p99 ms", "TTFT p50", "+TTFT p50"]
-            header += ["TTFT p99", "gap p50", "gap p99", *ratio_cols]
-        header += ["proxy CPU ms/req (loop)", "errors"]
-        rows: list[list[str]] = []
-        for sc in group.values():
-            for name in names:
-                cell = sc["targets"][name]
-                lat, added = cell["latency_ms"], cell.get("added_vs_direct", {})
-                ratios = [_f(cell["throughput_ratio"].get(b), 2, "x") for b in BASELINES if b in names]
-                row = [name, str(sc["concurrency"]), _f(cell["requests_per_s"], 0)]
-                if not stream:
-                    row += [_f(lat["p50"]), _f(lat["p99"]), _signed(added.get("p50_ms"))]
-                    row += [_signed(added.get("p99_ms")), *ratios]
-                else:
-                    ttft, gap = cell["ttft_ms"], cell["chunk_gap_ms"]
-                    row += [_f(cell["chunks_per_s"], 0), _f(lat["p50"]), _f(lat["p99"]), _f(ttft["p50"])]
-                    row += [_signed(added.get("ttft_p50_ms")), _f(ttft["p99"]), _f(gap["p50"], 3)]
-                    row += [_f(gap["p99"], 3), *ratios]
-                row += [_cpu(cell), _errors(cell)]
-                rows.append(row)
-        out.append((title, header, rows))
-    mem_rows = [
-        [
-            name,
-            _f(_mb(m.get("rss_start_kb")), 1),
-            _f(_mb(m.get("rss_peak_kb")), 1),
-            _f(_mb(m.get("rss_end_kb")), 1),
-        ]
-        for name, m in report["memory_kb"].items()
-    ]
-    out.append(
-        ("Memory (MB, from /proc/PID/status)", ["process", "RSS ready", "peak (VmHWM)", "RSS end"], mem_rows)
-    )
-    return out
-
-
-def _background(report: dict[str, Any]) -> str:
-    bg = report.get("background_cpu") or {}
-    if "other_processes_cores" not in bg:
-        return "not measured"
-    return f"{bg['other_processes_cores']:.2f} cores busy on average, steal {bg['steal_cores']:.2f}"
-
-
-def _mb(kb: int | None) -> float | None:
-    return None if kb is None else kb / 1024
-
-
-def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(header))) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-
-
-def render(report: dict[str, Any], *, markdown: bool = False) -> str:
-    m, plan, load = report["machine"], report["plan"], report["load_average_1m"]
-    per_cell = f"{plan['requests']} requests" if plan["requests"] else f"{plan['duration_s']:g} s"
-    dirty = " (uncommitted changes)" if m.get("git_dirty") else ""
-    item = "- " if markdown else ""  # one line each, also in markdown
-    lines = [
-        f"{item}Sidemeter overhead, {report['date']}: {plan['rounds']} round(s) x {per_cell} per cell, "
-        f"{plan['warmup_s']:g} s warm-up each; the run took {report['run_seconds']:.0f} s",
-        f"{item}machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}; "
-        f"Python {m['python']}, mitmproxy {m['mitmproxy']}, aiohttp {m['aiohttp']}; "
-        f"sidemeter {m['sidemeter']} @ {m['git_commit']}{dirty}",
-        f"{item}other work on the machine during the run: {_background(report)}; "
-        f"load average (1 min): {load['before']} before, {load['after']} after",
-        "",
-    ]
-    for title, header, rows in tables(report):
-        lines += [f"**{title}**", ""] if markdown else [title]
-        lines += _markdown(header, rows) if markdown else _aligned(header, rows)
-        lines.append("")
-    notes = [
-        "+p50/+p99/+TTFT: that percentile minus direct's at the same concurrency. vs X: requests/s "
-        "divided by X's. gap: time between content chunks as the client reads them (ms). proxy CPU: "
-        "user+system CPU of the proxy process per request, all threads (the sidecar's store writer "
-        "included); (loop): its main thread, the event loop, alone."
-    ]
-    if any(t["name"] == "mitmdump" for t in report["targets"]) and any(
-        s["stream"] for s in report["scenarios"].values()
-    ):
-        notes.append(
-            "Stock mitmdump buffers a response until it is complete (no addon sets flow.response.stream): "
-            "its TTFT is the whole stream."
-        )
-    lines += [item + n for n in notes]
-    lines.append("")
-    for c in report["checks"]:
-        lines.append(f"{item}{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['detail']}")
-    return "\n".join(lines)
+def _services(runner: Runner) -> list[Service]:
+    return [s for s in [runner.upstream, *(t.service for t in runner.targets)] if s is not None]
 
 
 # ----------------------------------------------------------------------------- command line
@@ -1025,14 +827,14 @@ def render(report: dict[str, Any], *, markdown: bool = False) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Measure the latency, throughput and memory Sidemeter adds over a direct connection "
-        "and over stock mitmdump, against a simulated LLM server. See bench/README.md.",
+        description="Measure the latency, throughput and memory Sidemeter adds over a direct connection, "
+        "over a bare mitmproxy master and next to LiteLLM, against a simulated LLM server. "
+        "See bench/README.md.",
     )
-    p.add_argument("--quick", action="store_true", help="1 round of 1.2 s per cell: finishes in ~30 s")
-    p.add_argument("--duration", type=float, help="seconds measured per target, scenario and round [4]")
-    p.add_argument("--requests", type=int, help="measure a fixed number of requests instead of --duration")
-    p.add_argument("--warmup", type=float, help="seconds of the same load before each measurement [1]")
-    p.add_argument("--rounds", type=int, help="rounds, each target measured once per scenario per round [3]")
+    p.add_argument("--quick", action="store_true", help="short cells, one round, a 10k-request soak: ~2 min")
+    p.add_argument("--duration", type=float, help="seconds measured per target, scenario and round [3]")
+    p.add_argument("--warmup", type=float, help="seconds of the same load before each measurement [0.5]")
+    p.add_argument("--rounds", type=int, help="rounds per scenario (paced scenarios: 2 in full mode) [3]")
     p.add_argument(
         "--targets",
         default=",".join(DEFAULT_TARGETS),
@@ -1040,19 +842,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--scenarios",
-        default=",".join(s.name for s in SCENARIOS),
+        default=",".join([*(s.name for s in SCENARIOS), *PHASES]),
         help="comma-separated subset of %(default)s",
+    )
+    p.add_argument("--swarm-streams", type=int, help="concurrent streams in the swarm phase [1000]")
+    p.add_argument("--swarm-pace-ms", type=float, help="token delay of the swarm's streams, ms [50]")
+    p.add_argument(
+        "--soak-requests",
+        type=int,
+        help="requests a proxy must have served before the 'RSS after' reading [100000; quick 10000]",
+    )
+    p.add_argument(
+        "--soak-max-seconds",
+        type=float,
+        help="time limit of the soak per proxy [150, LiteLLM 40; quick 8, 5]",
+    )
+    p.add_argument(
+        "--litellm-venv",
+        type=Path,
+        default=DEFAULT_LITELLM_VENV,
+        help="virtualenv with litellm[proxy]; the default one is created on first use [bench/.venv-litellm]",
     )
     p.add_argument(
         "--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON goes [bench/results]"
     )
     p.add_argument("--no-save", action="store_true", help="print only; write no JSON")
-    p.add_argument("--report", type=Path, help="print the table of a saved JSON result and exit")
+    p.add_argument("--report", type=Path, help="print the tables of a saved JSON result and exit")
     p.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     return p.parse_args(argv)
 
 
-def _pick(names: str, known: Mapping[str, Any], what: str) -> list[str]:
+def _pick(names: str, known: Sequence[str], what: str) -> list[str]:
     picked = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in picked if n not in known]
     if unknown or not picked:
@@ -1062,39 +882,55 @@ def _pick(names: str, known: Mapping[str, Any], what: str) -> list[str]:
     return picked
 
 
+def make_plan(args: argparse.Namespace) -> Plan:
+    base = QUICK if args.quick else FULL
+    plan = Plan(**vars(base))
+    if args.duration is not None:
+        plan.duration_s = args.duration
+    if args.warmup is not None:
+        plan.warmup_s = args.warmup
+    if args.rounds is not None:
+        plan.rounds = plan.paced_rounds = args.rounds
+    if args.swarm_streams is not None:
+        plan.swarm_streams = args.swarm_streams
+    if args.swarm_pace_ms is not None:
+        plan.swarm_pace_ms = args.swarm_pace_ms
+    if args.soak_requests is not None:
+        plan.soak_requests = args.soak_requests
+    if args.soak_max_seconds is not None:
+        plan.soak_max_s = plan.soak_slow_max_s = args.soak_max_seconds
+    return plan
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report:
-        print(render(json.loads(args.report.read_text()), markdown=args.markdown))
+        print(report.render(json.loads(args.report.read_text()), markdown=args.markdown))
         return 0
     if not sys.platform.startswith("linux"):
         raise SystemExit("bench/overhead.py reads /proc: run it on Linux")
-    quick = args.quick
-    plan = Plan(
-        warmup_s=args.warmup if args.warmup is not None else (0.3 if quick else 1.0),
-        duration_s=args.duration if args.duration is not None else (1.2 if quick else 4.0),
-        requests=args.requests,
-        rounds=args.rounds if args.rounds is not None else (1 if quick else 3),
-    )
-    targets = [TARGETS[n]() for n in _pick(args.targets, TARGETS, "targets")]
-    by_name = {s.name: s for s in SCENARIOS}
-    scenarios = [by_name[n] for n in _pick(args.scenarios, by_name, "scenarios")]
+    plan = make_plan(args)
+    target_names = _pick(args.targets, list(TARGETS), "targets")
+    known = [*(s.name for s in SCENARIOS), *PHASES]
+    picked = _pick(args.scenarios, known, "scenarios")
+    scenarios = [s for s in SCENARIOS if s.name in picked]
+    phases = [p for p in PHASES if p in picked]
+    runner = Runner([TARGETS[n]() for n in target_names], scenarios, phases, plan, args.litellm_venv)
     try:
-        report = asyncio.run(run(targets, scenarios, plan))
+        result = asyncio.run(run(runner))
     except BenchError as e:
         print(f"bench failed: {e}", file=sys.stderr)
         return 1
-    report["mode"] = "quick" if quick else "full"
-    print(render(report, markdown=args.markdown))
+    print(report.render(result, markdown=args.markdown))
     if not args.no_save:
         args.results_dir.mkdir(parents=True, exist_ok=True)
-        stamp = report["date"].replace(":", "").replace("+0000", "Z")
-        path = args.results_dir / f"overhead-{stamp}{'-quick' if quick else ''}.json"
-        text = json.dumps(report, indent=2) + "\n"
+        stamp = result["date"].replace(":", "").replace("+0000", "Z")
+        path = args.results_dir / f"overhead-{stamp}{'-quick' if plan.mode == 'quick' else ''}.json"
+        text = json.dumps(result, indent=2) + "\n"
         path.write_text(text)
         (args.results_dir / "latest.json").write_text(text)
         print(f"\nwrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path} and latest.json")
-    return 0 if all(c["passed"] for c in report["checks"]) else 1
+    return 0 if all(c["passed"] for c in result["checks"]) else 1
 
 
 if __name__ == "__main__":
