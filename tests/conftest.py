@@ -124,3 +124,12 @@ async def any_side(
     await sim.start()
     yield request.param, await start_sidecar(sim.url)  # type: ignore[misc]
     await sim.stop()
+
+
+@pytest.fixture
+async def paced_side(start_sidecar: Callable[..., object]) -> AsyncIterator[RunningSidecar]:
+    """The sidecar in front of a vLLM-style server that produces a token every 50 ms."""
+    sim = SimulatedLLM("openai", token_delay=0.05)
+    await sim.start()
+    yield await start_sidecar(sim.url)  # type: ignore[misc]
+    await sim.stop()

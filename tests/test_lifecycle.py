@@ -12,7 +12,6 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -24,46 +23,41 @@ from tests.conftest import RunningSidecar
 CLI = [sys.executable, "-m", "agent.cli"]
 
 
-async def test_graceful_stop_lets_a_stream_finish_and_keeps_its_record(start_sidecar: Any) -> None:
-    sim = SimulatedLLM("openai", token_delay=0.05)
-    await sim.start()
-    try:
-        side: RunningSidecar = await start_sidecar(sim.url)
-        request_id = uuid.uuid4().hex
-        body = {
-            "model": "sim-model",
-            "messages": [{"role": "user", "content": "hi"}],
-            "stream": True,
-            "max_tokens": 12,
-        }
-        lines: list[str] = []
-        stopping: asyncio.Task[None] | None = None
-        async with (
-            httpx.AsyncClient() as http,
-            http.stream(
-                "POST",
-                side.url + "/v1/chat/completions",
-                json=body,
-                headers={"X-Request-ID": request_id},
-            ) as resp,
-        ):
-            async for line in resp.aiter_lines():
-                lines.append(line)
-                if stopping is None and '"content"' in line:
-                    stopping = asyncio.create_task(side.sidecar.stop())  # SIGTERM's path
-                    await asyncio.sleep(0)
-                    # no new connections while draining
-                    with pytest.raises(httpx.ConnectError):
-                        await http.get(side.url + "/v1/models")
-        assert lines[-2:] == ["data: [DONE]", ""] or "data: [DONE]" in lines
-        assert stopping is not None
-        await stopping
-        db = open_database(side.sidecar.config.db)
-        rec = get_record(db, request_id)
-        db.close()
-        assert rec is not None and rec.outcome == "ok" and rec.completion_tokens == 12
-    finally:
-        await sim.stop()
+async def test_graceful_stop_lets_a_stream_finish_and_keeps_its_record(paced_side: RunningSidecar) -> None:
+    side = paced_side
+    request_id = uuid.uuid4().hex
+    body = {
+        "model": "sim-model",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "max_tokens": 12,
+    }
+    lines: list[str] = []
+    stopping: asyncio.Task[None] | None = None
+    async with (
+        httpx.AsyncClient() as http,
+        http.stream(
+            "POST",
+            side.url + "/v1/chat/completions",
+            json=body,
+            headers={"X-Request-ID": request_id},
+        ) as resp,
+    ):
+        async for line in resp.aiter_lines():
+            lines.append(line)
+            if stopping is None and '"content"' in line:
+                stopping = asyncio.create_task(side.sidecar.stop())  # SIGTERM's path
+                await asyncio.sleep(0)
+                # no new connections while draining
+                with pytest.raises(httpx.ConnectError):
+                    await http.get(side.url + "/v1/models")
+    assert lines[-2:] == ["data: [DONE]", ""] or "data: [DONE]" in lines
+    assert stopping is not None
+    await stopping
+    db = open_database(side.sidecar.config.db)
+    rec = get_record(db, request_id)
+    db.close()
+    assert rec is not None and rec.outcome == "ok" and rec.completion_tokens == 12
 
 
 def _wait_ready(proc: subprocess.Popen[str]) -> tuple[int, int]:
