@@ -31,6 +31,7 @@ from agent.wire import (
 RECORD = "sidemeter.record"
 INFO = "sidemeter.info"
 STREAM = "sidemeter.stream"
+INJECTED = "sidemeter.injected"  # we asked for usage: the stream needs the added chunk removed
 REQUEST_ID_HEADER = "X-Request-ID"
 CLIENT_DISCONNECTED = "Client disconnected."
 STREAM_CONTENT_TYPES = ("text/event-stream", "application/x-ndjson")
@@ -110,7 +111,8 @@ class Meter:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         rec = record_of(flow)
-        flow.request.headers[REQUEST_ID_HEADER] = rec.request_id
+        if flow.request.headers.get(REQUEST_ID_HEADER) != rec.request_id:  # a header write is not free
+            flow.request.headers[REQUEST_ID_HEADER] = rec.request_id
         rec.ts = _utc(flow.request.timestamp_start)
         rec.client_ip = flow.client_conn.peername[0] if flow.client_conn.peername else None
         rec.upstream = f"{flow.request.scheme}://{flow.request.host}:{flow.request.port}"
@@ -133,7 +135,7 @@ class Meter:
             flow.request.content = add_include_usage(body)
             # The stream gets edited on its way through, which needs it uncompressed.
             flow.request.headers["accept-encoding"] = "identity"
-            flow.metadata[STREAM] = True
+            flow.metadata[INJECTED] = True
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
@@ -144,7 +146,7 @@ class Meter:
         if info is None or not ctype.startswith(STREAM_CONTENT_TYPES):
             return  # buffered; counted in `response`
         encoding = flow.response.headers.get("content-encoding")
-        strip = flow.metadata.get(STREAM) is True and not encoding
+        strip = INJECTED in flow.metadata and not encoding
         state = _StreamState(StreamMeter(info, strip_usage_chunk=strip), make_decoder(encoding))
         flow.metadata[STREAM] = state
         flow.response.stream = state
@@ -266,8 +268,10 @@ def _rate(rec: UsageRecord) -> float | None:
     """Output tokens per second of generation as seen here: first token to end for streams."""
     if not rec.completion_tokens or rec.latency_ms is None:
         return None
-    span_ms = rec.latency_ms - (rec.ttft_ms or 0.0) if rec.ttft_ms is not None else rec.latency_ms
-    tokens = rec.completion_tokens - 1 if rec.ttft_ms is not None else rec.completion_tokens
+    if rec.ttft_ms is None:  # not streamed: the whole request produced the tokens
+        span_ms, tokens = rec.latency_ms, rec.completion_tokens
+    else:  # streamed: the first token marks the start of generation
+        span_ms, tokens = rec.latency_ms - rec.ttft_ms, rec.completion_tokens - 1
     if span_ms <= 0 or tokens <= 0:
         return None
     return round(tokens * 1000 / span_ms, 3)

@@ -133,7 +133,10 @@ def format_table(records: Iterable[UsageRecord], columns: Sequence[tuple[str, st
     rows = [[_cell(getattr(r, key)) for key, _ in columns] for r in records]
     heads = [h for _, h in columns]
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(heads)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
     return "\n".join([line(heads), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
