@@ -26,6 +26,7 @@ from addons.meter import Meter
 from addons.record import Recorder
 from agent.auth import AuthSettings, KeyConfigError, Verifier
 from agent.config import Config, parse_size
+from agent.dispatch import HookIndex
 from agent.store import StoreError, UsageStore, redact_url
 from ops_api.app import build_app
 
@@ -153,6 +154,7 @@ class Sidecar:
         cfg = self.config
         opts = options.Options()
         master = Master(opts)
+        master.addons = HookIndex(master)  # before any addon: the stock one looks handlers up per event
         lifecycle = _Lifecycle()
         # Only what a plain-HTTP reverse proxy needs: every loaded addon costs every hook.
         stock: list[object] = [core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer()]

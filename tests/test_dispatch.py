@@ -1,0 +1,174 @@
+"""HookIndex calls the same handlers, in the same order, with the same results as mitmproxy's own
+AddonManager, and keeps doing so as addons come and go."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from mitmproxy import exceptions, options
+from mitmproxy.addonmanager import AddonManager
+from mitmproxy.http import HTTPFlow
+from mitmproxy.master import Master
+from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
+from mitmproxy.proxy.server_hooks import ClientConnectedHook
+from mitmproxy.test import tflow
+
+from agent.dispatch import HookIndex
+
+
+class Probe:
+    """Writes every call to a shared log; `name` keeps addons apart in mitmproxy's lookup."""
+
+    def __init__(self, name: str, calls: list[str], *, sub: list[Any] | None = None) -> None:
+        self.name = name
+        self.calls = calls
+        if sub is not None:
+            self.addons = sub
+
+    def request(self, flow: HTTPFlow) -> None:
+        self.calls.append(f"{self.name}.request {flow.request.path}")
+
+
+class AsyncProbe(Probe):
+    async def request(self, flow: HTTPFlow) -> None:
+        await asyncio.sleep(0)  # a real suspension: the next handler must wait for it
+        self.calls.append(f"{self.name}.request {flow.request.path}")
+
+    def response(self, flow: HTTPFlow) -> None:
+        self.calls.append(f"{self.name}.response")
+
+
+class Halting(Probe):
+    def request(self, flow: HTTPFlow) -> None:
+        self.calls.append(f"{self.name}.request halts")
+        raise exceptions.AddonHalt
+
+
+class Crashing(Probe):
+    def request(self, flow: HTTPFlow) -> None:
+        self.calls.append(f"{self.name}.request crashes")
+        raise ValueError("boom in request")
+
+
+class Watcher(Probe):
+    def update(self, flows: list[HTTPFlow]) -> None:
+        self.calls.append(f"{self.name}.update {len(flows)}")
+
+
+def build(manager: type[AddonManager], make_addons: Any) -> tuple[Master, list[str]]:
+    master = Master(options.Options())
+    master.addons = manager(master)
+    calls: list[str] = []
+    master.addons.add(*make_addons(calls))
+    return master, calls
+
+
+async def run_both(make_addons: Any, *events: Any) -> tuple[list[str], list[str]]:
+    logs = []
+    for manager in (AddonManager, HookIndex):
+        master, calls = build(manager, make_addons)
+        for event in events:
+            await master.addons.handle_lifecycle(event)
+        logs.append(calls)
+    return logs[0], logs[1]
+
+
+def request_hook(path: str = "/v1/chat/completions") -> HttpRequestHook:
+    flow = tflow.tflow()
+    flow.request.path = path
+    return HttpRequestHook(flow)
+
+
+async def test_handlers_run_in_chain_order_with_sub_addons_and_async_ones_awaited() -> None:
+    def addons(calls: list[str]) -> list[Any]:
+        child = AsyncProbe("child", calls)
+        return [Probe("a", calls, sub=[child]), Probe("b", calls), AsyncProbe("c", calls)]
+
+    stock, ours = await run_both(addons, request_hook("/one"), HttpResponseHook(tflow.tflow(resp=True)))
+    assert (
+        ours
+        == stock
+        == [
+            "a.request /one",
+            "child.request /one",
+            "b.request /one",
+            "c.request /one",
+            "child.response",
+            "c.response",
+        ]
+    )
+
+
+async def test_addon_halt_stops_the_handlers_after_it() -> None:
+    def addons(calls: list[str]) -> list[Any]:
+        return [Probe("a", calls), Halting("halt", calls), Probe("b", calls)]
+
+    stock, ours = await run_both(addons, request_hook())
+    assert ours == stock == ["a.request /v1/chat/completions", "halt.request halts"]
+
+
+async def test_a_crashing_handler_is_logged_and_the_next_addon_still_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def addons(calls: list[str]) -> list[Any]:
+        return [Crashing("crash", calls), Probe("b", calls)]
+
+    with caplog.at_level(logging.ERROR, logger="mitmproxy.addonmanager"):
+        stock, ours = await run_both(addons, request_hook())
+    assert ours == stock == ["crash.request crashes", "b.request /v1/chat/completions"]
+    errors = [r for r in caplog.records if r.name == "mitmproxy.addonmanager"]
+    assert [r.getMessage() for r in errors] == ["Addon error: boom in request"] * 2
+    assert all(r.exc_info and r.exc_info[0] is ValueError for r in errors)
+
+
+async def test_update_follows_flow_events_only_when_an_addon_listens() -> None:
+    def addons(calls: list[str]) -> list[Any]:
+        return [Probe("a", calls), Watcher("w", calls)]
+
+    stock, ours = await run_both(addons, request_hook(), ClientConnectedHook(tflow.tclient_conn()))
+    assert ours == stock == ["a.request /v1/chat/completions", "w.request /v1/chat/completions", "w.update 1"]
+
+    master, calls = build(HookIndex, lambda calls: [Probe("a", calls)])
+    assert master.addons.handlers("update") == ()
+    await master.addons.handle_lifecycle(request_hook())
+    assert calls == ["a.request /v1/chat/completions"]
+
+
+async def test_the_index_follows_addons_added_registered_and_removed() -> None:
+    master, calls = build(HookIndex, lambda calls: [Probe("a", calls), Probe("parent", calls, sub=[])])
+    await master.addons.handle_lifecycle(request_hook("/1"))
+    master.addons.add(Probe("late", calls))
+    await master.addons.handle_lifecycle(request_hook("/2"))
+    master.addons.remove(master.addons.get("a"))
+    await master.addons.handle_lifecycle(request_hook("/3"))
+    # How an addon manages sub-addons (mitmproxy's script loader does this): into its own
+    # `addons`, then registered with the manager.
+    child = Probe("child", calls)
+    master.addons.get("parent").addons.append(child)
+    master.addons.register(child)
+    await master.addons.handle_lifecycle(request_hook("/4"))
+    assert calls == [
+        "a.request /1",
+        "parent.request /1",
+        "a.request /2",
+        "parent.request /2",
+        "late.request /2",
+        "parent.request /3",
+        "late.request /3",
+        "parent.request /4",
+        "child.request /4",
+        "late.request /4",
+    ]
+
+
+async def test_a_non_callable_attribute_named_like_a_hook_is_refused() -> None:
+    class Broken:
+        request = "not a function"
+
+    master, _ = build(HookIndex, lambda calls: [])
+    master.addons.add(Broken())
+    with pytest.raises(exceptions.AddonManagerError, match="not callable"):
+        master.addons.handlers("request")
