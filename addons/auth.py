@@ -19,6 +19,7 @@ import os
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
+from addons import headers as hdr
 from addons.meter import record_of
 from agent.auth import AuthError, AuthSettings, KeyConfigError, Verifier
 from agent.metrics import AUTH_FAILURES
@@ -27,6 +28,7 @@ from agent.wire import classify, error_body
 log = logging.getLogger("sidemeter.auth")
 
 USER_HEADER = "X-User-Id"
+USER_KEY = USER_HEADER.lower().encode()
 ANONYMOUS = "anonymous"
 MAX_UNVERIFIED_USER = 256  # X-User-Id is only trusted with --auth off; keep records sane anyway
 
@@ -188,20 +190,20 @@ class Auth:
         rec = record_of(flow)
         headers = flow.request.headers
         if self.verifier is None:  # auth off: attribution only, on the client's word
-            rec.user = (headers.get(USER_HEADER) or "").strip()[:MAX_UNVERIFIED_USER] or ANONYMOUS
+            rec.user = (hdr.get(headers, USER_KEY) or "").strip()[:MAX_UNVERIFIED_USER] or ANONYMOUS
         else:
             try:
-                token = bearer_token(headers.get_all("authorization"))
-                identity = await self.verifier.verify(token, claimed_user=headers.get(USER_HEADER))
+                token = bearer_token(hdr.get_all(headers, b"authorization"))
+                identity = await self.verifier.verify(token, claimed_user=hdr.get(headers, USER_KEY))
             except AuthError as e:
                 self._refuse(flow, e)
                 return
             rec.user, rec.team = identity.user, identity.team
         # The client's credentials are for the sidecar, not for the LLM server.
         if not settings.forward_authorization:
-            headers.pop("authorization", None)
+            hdr.remove(headers, b"authorization")
         if settings.upstream_api_key:
-            headers["authorization"] = f"Bearer {settings.upstream_api_key}"
+            hdr.put(headers, "authorization", f"Bearer {settings.upstream_api_key}")
 
     def _refuse(self, flow: http.HTTPFlow, error: AuthError) -> None:
         rec = record_of(flow)

@@ -8,13 +8,13 @@ Load standalone with `mitmdump --mode reverse:http://127.0.0.1:11434 -s addons/m
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
+from addons import headers as hdr
 from agent.records import UsageRecord
 from agent.wire import (
     RequestInfo,
@@ -33,6 +33,7 @@ INFO = "sidemeter.info"
 STREAM = "sidemeter.stream"
 INJECTED = "sidemeter.injected"  # we asked for usage: the stream needs the added chunk removed
 REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
 CLIENT_DISCONNECTED = "Client disconnected."
 STREAM_CONTENT_TYPES = ("text/event-stream", "application/x-ndjson")
 INFERENCE = ("chat", "completion", "embedding", "responses")
@@ -42,9 +43,14 @@ def record_of(flow: http.HTTPFlow) -> UsageRecord:
     """The flow's usage record, created on first use so any addon may touch it first."""
     rec = flow.metadata.get(RECORD)
     if rec is None:
-        rid = flow.request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        rec = UsageRecord(request_id=rid[:128])
-        flow.metadata[RECORD] = rec
+        rec = _new_record(flow, hdr.get(flow.request.headers, REQUEST_ID_KEY))
+    return rec
+
+
+def _new_record(flow: http.HTTPFlow, sent_id: str | None) -> UsageRecord:
+    # mitmproxy already gave the flow a random UUID: no second one per request.
+    rec = UsageRecord(request_id=(sent_id or flow.id)[:128])
+    flow.metadata[RECORD] = rec
     return rec
 
 
@@ -110,9 +116,11 @@ class Meter:
             self.capture_prompts = ctx.options.sidemeter_capture_prompts
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        rec = record_of(flow)
-        if flow.request.headers.get(REQUEST_ID_HEADER) != rec.request_id:  # a header write is not free
-            flow.request.headers[REQUEST_ID_HEADER] = rec.request_id
+        headers = flow.request.headers
+        sent_id = hdr.get(headers, REQUEST_ID_KEY)
+        rec = flow.metadata.get(RECORD) or _new_record(flow, sent_id)
+        if sent_id != rec.request_id:
+            hdr.put(headers, REQUEST_ID_HEADER, rec.request_id)
         rec.ts = _utc(flow.request.timestamp_start)
         rec.client_ip = flow.client_conn.peername[0] if flow.client_conn.peername else None
         rec.upstream = f"{flow.request.scheme}://{flow.request.host}:{flow.request.port}"
@@ -121,7 +129,7 @@ class Meter:
         rec = record_of(flow)
         body = flow.request.raw_content or b""
         rec.request_bytes = len(body)
-        if flow.request.headers.get("content-encoding"):
+        if hdr.get(flow.request.headers, b"content-encoding"):
             body = flow.request.get_content(strict=False) or b""
         info = parse_request(flow.request.method, flow.request.path, body)
         flow.metadata[INFO] = info
@@ -134,18 +142,19 @@ class Meter:
         if self.inject_usage and should_inject_usage(info):
             flow.request.content = add_include_usage(body)
             # The stream gets edited on its way through, which needs it uncompressed.
-            flow.request.headers["accept-encoding"] = "identity"
+            hdr.put(flow.request.headers, "accept-encoding", "identity")
             flow.metadata[INJECTED] = True
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
         rec = record_of(flow)
-        flow.response.headers[REQUEST_ID_HEADER] = rec.request_id
+        headers = flow.response.headers
+        hdr.put(headers, REQUEST_ID_HEADER, rec.request_id)
         info: RequestInfo | None = flow.metadata.get(INFO)
-        ctype = flow.response.headers.get("content-type", "")
+        ctype = hdr.get(headers, b"content-type") or ""
         if info is None or not ctype.startswith(STREAM_CONTENT_TYPES):
             return  # buffered; counted in `response`
-        encoding = flow.response.headers.get("content-encoding")
+        encoding = hdr.get(headers, b"content-encoding")
         strip = INJECTED in flow.metadata and not encoding
         state = _StreamState(StreamMeter(info, strip_usage_chunk=strip), make_decoder(encoding))
         flow.metadata[STREAM] = state
