@@ -1,11 +1,14 @@
-"""Hook dispatch for the sidecar's embedded master, without mitmproxy's per-event lookups.
+"""Hook dispatch for the sidecar's embedded master, without mitmproxy's per-event overhead.
 
-For every event, mitmproxy's stock `AddonManager` walks every addon and its sub-addons with
-`getattr`, enters a context manager and creates a coroutine per addon, rebuilds the hook's
-argument list per handler, and then does all of that again for an `update` event after every
-flow event. With the sidecar's eight addons that cost more per request than the handlers
-themselves (bench/cpu_profile.py). `HookIndex` finds each event's handlers once and calls
-just those.
+Two costs the profile (bench/cpu_profile.py) put above the sidecar's own handlers:
+
+- For every event, mitmproxy's stock `AddonManager` walks every addon and its sub-addons with
+  `getattr`, enters a context manager and creates a coroutine per addon, rebuilds the hook's
+  argument list per handler, and then does it all again for an `update` event after every
+  flow event. `HookIndex` finds each event's handlers once and calls just those.
+- mitmproxy's connection handler starts an asyncio task for every hook (four per request) and
+  only feeds the hook's completion back into the connection on a later loop iteration.
+  `InlineHookHandler` runs the hooks right after the event that raised them, in the same task.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ from __future__ import annotations
 import inspect
 import logging
 import types
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import exceptions, flow, hooks
 from mitmproxy.addonmanager import AddonManager, traverse
+from mitmproxy.proxy import commands, events, mode_servers
+from mitmproxy.proxy.layer import CommandGenerator, Layer
 
 # The stock manager's logger, so an addon's crash is reported exactly where it always was.
 logger = logging.getLogger("mitmproxy.addonmanager")
@@ -100,3 +106,92 @@ def _handlers(chain: list[Any], name: str) -> list[Handler]:
             raise exceptions.AddonManagerError(f"Addon handler {name} ({addon}) not callable")
         found.append(func)
     return found
+
+
+# -- hooks without a task each -----------------------------------------------------------
+
+
+class _HookCatcher:
+    """A connection's root layer, with the hooks it raises set aside instead of handed to
+    mitmproxy's event loop code (which would start a task per hook)."""
+
+    def __init__(self, layer: Layer, hooks: deque[commands.StartHook]) -> None:
+        self.layer = layer
+        self.hooks = hooks
+
+    def handle_event(self, event: events.Event) -> CommandGenerator[None]:
+        hooks = self.hooks
+        for command in self.layer.handle_event(event):
+            if isinstance(command, commands.StartHook):
+                hooks.append(command)
+            else:
+                yield command
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.layer, name)
+
+
+class InlineHookHandler(mode_servers.ProxyConnectionHandler):
+    """mitmproxy's connection handler, running the hooks an event raises right after that event
+    in the same task, instead of starting a task per hook (four per request, each one more trip
+    through the event loop).
+
+    As with the stock handler, a flow's hooks run one at a time and outside the layers' event
+    processing, and other connections go on while a hook awaits something. What changes: no
+    other callback runs between an event and its hooks, and while an async hook is waiting,
+    this connection's reader waits with it (an HTTP/1 client has nothing else in flight).
+    Hooks must finish well inside the idle timeout, which the stock handler suspends during
+    a hook; an intercepted flow is waited for as the stock handler does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._hooks: deque[commands.StartHook] = deque()
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def layer(self) -> Any:
+        return self._catcher
+
+    @layer.setter
+    def layer(self, value: Layer) -> None:  # set by ConnectionHandler, then again by the server
+        self._catcher = _HookCatcher(value, self._hooks)
+
+    async def server_event(self, event: events.Event) -> None:
+        await super().server_event(event)
+        hooks = self._hooks
+        while hooks:
+            hook = hooks.popleft()
+            try:
+                await self.master.addons.handle_lifecycle(hook)
+            except Exception:  # what HookIndex lets through (OptionsError): still finish the hook
+                self.log(f"hook {hook.name} failed", logging.ERROR, exc_info=True)
+            (data,) = hook.args()
+            if isinstance(data, flow.Flow) and data.intercepted:
+                await data.wait_for_resume()
+            if hook.blocking:
+                await super().server_event(events.HookCompleted(hook))
+
+
+_stock_handler = mode_servers.ProxyConnectionHandler
+_users = 0
+
+
+def use_inline_hooks() -> Callable[[], None]:
+    """Have mitmproxy's servers in this process build `InlineHookHandler`s for new connections;
+    returns the function that undoes it (counted, so sidecars may overlap in one process)."""
+    global _users
+    _users += 1
+    mode_servers.ProxyConnectionHandler = InlineHookHandler  # looked up per connection
+
+    released = False
+
+    def release() -> None:
+        global _users
+        nonlocal released
+        if released:
+            return
+        released = True
+        _users -= 1
+        if not _users:
+            mode_servers.ProxyConnectionHandler = _stock_handler
+
+    return release

@@ -13,6 +13,7 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -26,7 +27,7 @@ from addons.meter import Meter
 from addons.record import Recorder
 from agent.auth import AuthSettings, KeyConfigError, Verifier
 from agent.config import Config, parse_size
-from agent.dispatch import HookIndex
+from agent.dispatch import HookIndex, use_inline_hooks
 from agent.store import StoreError, UsageStore, redact_url
 from ops_api.app import build_app
 
@@ -64,6 +65,7 @@ class Sidecar:
         self.verifier: Verifier | None = None  # loaded in preflight when auth is on
         self.started_at = time.time()
         self.master: Master | None = None
+        self._release_hooks: Callable[[], None] | None = None
         self._master_task: asyncio.Task[None] | None = None
         self._ops_runner: web.AppRunner | None = None
         self._draining = False
@@ -155,6 +157,8 @@ class Sidecar:
         opts = options.Options()
         master = Master(opts)
         master.addons = HookIndex(master)  # before any addon: the stock one looks handlers up per event
+        if self._release_hooks is None:
+            self._release_hooks = use_inline_hooks()  # before the servers accept a connection
         lifecycle = _Lifecycle()
         # Only what a plain-HTTP reverse proxy needs: every loaded addon costs every hook.
         stock: list[object] = [core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer()]
@@ -240,6 +244,9 @@ class Sidecar:
             self.master.shutdown()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._master_task
+        if self._release_hooks is not None:
+            self._release_hooks()
+            self._release_hooks = None
         if self._ops_runner is not None:
             await self._ops_runner.cleanup()
             self._ops_runner = None

@@ -7,16 +7,20 @@ import asyncio
 import logging
 from typing import Any
 
+import httpx
 import pytest
 from mitmproxy import exceptions, options
 from mitmproxy.addonmanager import AddonManager
 from mitmproxy.http import HTTPFlow
 from mitmproxy.master import Master
+from mitmproxy.proxy import mode_servers
 from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
 from mitmproxy.proxy.server_hooks import ClientConnectedHook
 from mitmproxy.test import tflow
 
-from agent.dispatch import HookIndex
+from agent.dispatch import HookIndex, InlineHookHandler
+from agent.mock_upstream import SimulatedLLM
+from tests.conftest import RunningSidecar
 
 
 class Probe:
@@ -172,3 +176,91 @@ async def test_a_non_callable_attribute_named_like_a_hook_is_refused() -> None:
     master.addons.add(Broken())
     with pytest.raises(exceptions.AddonManagerError, match="not callable"):
         master.addons.handlers("request")
+
+
+# -- hooks run inline by the sidecar's connection handlers ---------------------------------
+
+CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+class HookTasks:
+    """Notes which task ran each `requestheaders` hook; `request` waits while `gate` is closed."""
+
+    def __init__(self) -> None:
+        self.task_names: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = asyncio.Event()
+
+    def requestheaders(self, flow: HTTPFlow) -> None:
+        task = asyncio.current_task()
+        self.task_names.append(task.get_name() if task else "")
+
+    async def request(self, flow: HTTPFlow) -> None:
+        if flow.request.headers.get("x-hold") and not self.gate.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+
+
+class CrashingHook:
+    def response(self, flow: HTTPFlow) -> None:
+        raise RuntimeError("addon bug in response")
+
+
+async def test_the_sidecar_runs_hooks_in_the_connection_task_not_one_task_each(
+    openai_side: RunningSidecar,
+) -> None:
+    probe = HookTasks()
+    openai_side.sidecar.master.addons.add(probe)
+    async with httpx.AsyncClient(base_url=openai_side.url) as client:
+        for _ in range(3):
+            r = await client.post("/v1/chat/completions", json=CHAT)
+            assert r.status_code == 200
+    assert len(probe.task_names) == 3
+    # mitmproxy's own handler starts a task named "handle_hook(requestheaders)" per hook.
+    assert not [n for n in probe.task_names if n.startswith("handle_hook")], probe.task_names
+
+
+async def test_a_waiting_hook_holds_only_its_own_request(openai_side: RunningSidecar) -> None:
+    probe = HookTasks()
+    probe.gate.clear()
+    openai_side.sidecar.master.addons.add(probe)
+    async with (
+        httpx.AsyncClient(base_url=openai_side.url) as held,
+        httpx.AsyncClient(base_url=openai_side.url) as other,
+    ):
+        slow = asyncio.create_task(held.post("/v1/chat/completions", json=CHAT, headers={"x-hold": "1"}))
+        await asyncio.wait_for(probe.waiting.wait(), 10)
+        fast = await other.post("/v1/chat/completions", json=CHAT)  # another connection goes on
+        assert fast.status_code == 200
+        assert not slow.done()
+        probe.gate.set()
+        assert (await asyncio.wait_for(slow, 10)).status_code == 200
+    rec = await openai_side.record(fast.headers["x-request-id"])
+    assert rec.outcome == "ok"
+
+
+async def test_a_crashing_addon_hook_is_logged_and_the_request_still_completes(
+    openai_side: RunningSidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    openai_side.sidecar.master.addons.add(CrashingHook())
+    with caplog.at_level(logging.ERROR, logger="mitmproxy.addonmanager"):
+        async with httpx.AsyncClient(base_url=openai_side.url) as client:
+            r = await client.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+    assert "Addon error: addon bug in response" in [rec.getMessage() for rec in caplog.records]
+    rec = await openai_side.record(r.headers["x-request-id"])
+    assert (rec.outcome, rec.completion_tokens) == ("ok", 4)
+
+
+async def test_the_stock_handler_is_back_once_the_sidecar_stops(
+    sim_openai: SimulatedLLM, start_sidecar: Any
+) -> None:
+    stock = mode_servers.ProxyConnectionHandler
+    first = await start_sidecar(sim_openai.url)
+    second = await start_sidecar(sim_openai.url)
+    assert mode_servers.ProxyConnectionHandler is InlineHookHandler
+    await first.sidecar.stop()
+    assert mode_servers.ProxyConnectionHandler is InlineHookHandler  # the second still runs
+    await second.sidecar.stop()
+    assert mode_servers.ProxyConnectionHandler is stock is not InlineHookHandler
