@@ -2,7 +2,7 @@
 fleets) — DESIGN.md, "Usage record" and "Non-negotiables".
 
 The proxy calls `UsageStore.submit` on the event loop for every request. It only puts the
-record on a bounded queue; one writer thread commits batches with the DB-API `executemany`.
+record on a bounded queue; one writer thread commits batches of multi-row INSERTs.
 When the queue is full, or the database keeps failing, records are spilled as JSONL files
 next to the database and re-ingested later (at start, when the writer is idle, on `flush`):
 nothing is dropped, and re-ingesting is idempotent, so a crash at any point counts no record
@@ -478,12 +478,39 @@ def _split(items: list[object]) -> tuple[list[UsageRecord], list[_FlushMarker], 
     return records, markers, stop
 
 
-def _insert_sql(db: peewee.Database) -> str:
-    # Quoted as peewee quotes them: `user` is a reserved word in PostgreSQL.
-    q0, q1 = db.quote[0], db.quote[1]
-    columns = ", ".join(f"{q0}{name}{q1}" for name in FIELD_NAMES)
-    marks = ", ".join([db.param] * len(FIELD_NAMES))
-    return f"INSERT INTO {q0}{UsageLog._meta.table_name}{q1} ({columns}) VALUES ({marks})"
+class _Insert:
+    """INSERT of many records with one multi-row `VALUES (...), (...)` statement per chunk.
+
+    Python's sqlite3 lets go of the GIL for each statement step and has to win it back from a
+    busy event loop afterwards; with `executemany` that was once per record, so every record
+    stalled the loop for a GIL hand-over. One statement per chunk makes it once per chunk."""
+
+    ROWS_PER_STATEMENT = 500
+
+    def __init__(self, db: peewee.Database) -> None:
+        # Quoted as peewee quotes them: `user` is a reserved word in PostgreSQL.
+        q0, q1 = db.quote[0], db.quote[1]
+        columns = ", ".join(f"{q0}{name}{q1}" for name in FIELD_NAMES)
+        self.head = f"INSERT INTO {q0}{UsageLog._meta.table_name}{q1} ({columns}) VALUES "
+        self.group = "(" + ", ".join([db.param] * len(FIELD_NAMES)) + ")"
+        self.per_statement = self.ROWS_PER_STATEMENT
+        if isinstance(db, peewee.SqliteDatabase):  # SQLite caps the parameters per statement
+            limit = db.connection().getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            self.per_statement = max(1, min(self.per_statement, limit // len(FIELD_NAMES)))
+        self._sql: dict[int, str] = {}
+
+    def sql(self, rows: int) -> str:
+        text = self._sql.get(rows)
+        if text is None:
+            text = self._sql[rows] = self.head + ", ".join([self.group] * rows)
+        return text
+
+    def run(self, db: peewee.Database, rows: list[list[Any]]) -> None:
+        cursor = db.cursor()
+        step = self.per_statement
+        for i in range(0, len(rows), step):
+            chunk = rows[i : i + step]
+            cursor.execute(self.sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
 
 
 def _spill_line(record: UsageRecord) -> str:
@@ -567,7 +594,7 @@ class UsageStore:
         self._inflight: list[UsageRecord] | None = None
         # Last resort when neither the database nor the spill directory takes a record.
         self._overflow: collections.deque[UsageRecord] = collections.deque()
-        self._insert_sql = ""
+        self._insert: _Insert | None = None
         self._scrub_nul = False
         # Spill state. The lock is held only for a line write or a file rotation.
         self._spill_lock = threading.Lock()
@@ -629,7 +656,7 @@ class UsageStore:
                 db.close()
             raise
         self._db = db
-        self._insert_sql = _insert_sql(db)
+        self._insert = _Insert(db)
         self._scrub_nul = not isinstance(db, peewee.SqliteDatabase)  # PostgreSQL rejects NUL
         self._ingest_spill(startup=True)  # a failure is logged and retried by the writer
         if db.thread_safe:
@@ -810,12 +837,13 @@ class UsageStore:
         return rows
 
     def _insert_rows(self, rows: list[list[Any]]) -> None:
-        """One transaction, one executemany: the cheap path (see DESIGN.md, peewee figures)."""
+        """One transaction of multi-row INSERTs: the cheap path (see `_Insert`)."""
         if not rows:
             return
+        assert self._insert is not None
         db = self.db
         with db.atomic():
-            db.cursor().executemany(self._insert_sql, rows)
+            self._insert.run(db, rows)
 
     def _reset_connection(self) -> None:
         """Drop this thread's connection so the next attempt reconnects (a PostgreSQL
@@ -1004,5 +1032,6 @@ class UsageStore:
                 fresh.append(record)  # one that cannot be stored is rejected by _rows
         rows = self._rows(fresh)
         if rows:
-            self.db.cursor().executemany(self._insert_sql, rows)
+            assert self._insert is not None
+            self._insert.run(self.db, rows)
         return len(rows)

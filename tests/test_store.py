@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -21,6 +22,7 @@ from agent.store import (
     SCHEMA_VERSION,
     StoreError,
     UsageStore,
+    _Insert,
     export_records,
     get_record,
     iter_records,
@@ -119,6 +121,36 @@ def test_every_field_round_trips_including_none_and_utc_ts(store: UsageStore) ->
     assert got_sparse is not None and got_sparse.status is None and got_sparse.prompt is None
     assert isinstance(got_sparse.stream, bool)
     assert get_record(store.db, "nope") is None
+
+
+def test_a_batch_bigger_than_one_insert_statement_is_stored_whole(db_path: Path) -> None:
+    # batch_size above the rows one multi-row INSERT takes: the batch spans statements.
+    store = UsageStore(sqlite_url(db_path), batch_size=1200, linger=0.5)
+    store.start()
+    try:
+        records = [dataclasses.replace(full_record(), request_id=f"big-{i}") for i in range(1234)]
+        for record in records:
+            store.submit(record)
+        assert store.flush(30)
+    finally:
+        store.close()
+    with plain_sqlite(db_path) as conn:
+        ids = [r[0] for r in conn.execute("SELECT request_id FROM usage_logs ORDER BY id")]
+    assert ids == [r.request_id for r in records]
+
+
+def test_inserts_respect_a_small_sqlite_parameter_limit(db_path: Path) -> None:
+    db = open_database(sqlite_url(db_path))
+    migrate(db)
+    # Old SQLite builds allow 999 parameters per statement; this one allows two rows' worth.
+    db.connection().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 2 * len(FIELD_NAMES) + 1)
+    insert = _Insert(db)
+    assert insert.per_statement == 2
+    rows = UsageStore(sqlite_url(db_path))._rows([full_record(f"lim-{i}") for i in range(5)])
+    with db.atomic():
+        insert.run(db, rows)
+    assert sorted(r.request_id for r in iter_records(db)) == [f"lim-{i}" for i in range(5)]
+    db.close()
 
 
 def test_table_is_usage_logs_and_plain_sqlite3_can_query_it(store: UsageStore, db_path: Path) -> None:
