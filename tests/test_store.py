@@ -153,6 +153,24 @@ def test_inserts_respect_a_small_sqlite_parameter_limit(db_path: Path) -> None:
     db.close()
 
 
+def test_batches_of_every_size_share_a_few_statements(db_path: Path) -> None:
+    # Each distinct statement stays prepared in the driver's cache (megabytes for hundreds of
+    # rows), so batch sizes must not each get their own.
+    db = open_database(sqlite_url(db_path))
+    migrate(db)
+    insert = _Insert(db)
+    rows = UsageStore(sqlite_url(db_path))._rows([full_record(f"s-{i}") for i in range(1200)])
+    start = 0
+    for size in (1, 2, 3, 7, 100, 255, 300, 512, 20):
+        with db.atomic():
+            insert.run(db, rows[start : start + size])
+        start += size
+    assert len(insert._sql) <= insert.per_statement.bit_length()
+    with plain_sqlite(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM usage_logs").fetchone()[0] == start
+    db.close()
+
+
 def test_table_is_usage_logs_and_plain_sqlite3_can_query_it(store: UsageStore, db_path: Path) -> None:
     store.submit(full_record())
     assert store.flush()
