@@ -17,7 +17,7 @@ import inspect
 import logging
 import types
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from mitmproxy import exceptions, flow, hooks
@@ -112,23 +112,53 @@ def _handlers(chain: list[Any], name: str) -> list[Handler]:
 
 
 class _HookCatcher:
-    """A connection's root layer, with the hooks it raises set aside instead of handed to
-    mitmproxy's event loop code (which would start a task per hook)."""
+    """A connection's root layer, with two changes to the commands it hands mitmproxy's loop:
+
+    - the hooks it raises are set aside (for `InlineHookHandler`) instead of each becoming a task;
+    - consecutive writes to the same connection become one: mitmproxy writes every HTTP chunk
+      and every header block with a syscall of its own, so a stream whose 66 events arrive in
+      one read went out in 66 writes, and a plain request in two. Nothing waits for this: the
+      commands of one event are all handled in the same pass of the loop."""
 
     def __init__(self, layer: Layer, hooks: deque[commands.StartHook]) -> None:
         self.layer = layer
         self.hooks = hooks
 
     def handle_event(self, event: events.Event) -> CommandGenerator[None]:
-        hooks = self.hooks
-        for command in self.layer.handle_event(event):
-            if isinstance(command, commands.StartHook):
-                hooks.append(command)
-            else:
-                yield command
+        return coalesce_writes(self.layer.handle_event(event), self.hooks)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.layer, name)
+
+
+def coalesce_writes(
+    layer_commands: Iterable[commands.Command], hooks: deque[commands.StartHook]
+) -> Iterator[commands.Command]:
+    """The commands, in order, minus the hooks (appended to `hooks`), with each run of
+    `SendData` to one connection joined into one."""
+    send: commands.SendData | None = None
+    parts: list[bytes] = []
+    for command in layer_commands:
+        if type(command) is commands.SendData:
+            if send is not None and command.connection is send.connection:
+                parts.append(command.data)
+                continue
+            if send is not None:
+                yield _joined(send, parts)
+            send, parts = command, [command.data]
+        elif isinstance(command, commands.StartHook):
+            hooks.append(command)
+        else:
+            if send is not None:
+                yield _joined(send, parts)
+                send = None
+            yield command
+    if send is not None:
+        yield _joined(send, parts)
+
+
+def _joined(send: commands.SendData, parts: list[bytes]) -> commands.SendData:
+    return send if len(parts) == 1 else commands.SendData(send.connection, b"".join(parts))
 
 
 class InlineHookHandler(mode_servers.ProxyConnectionHandler):

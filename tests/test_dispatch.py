@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 import httpx
@@ -13,12 +14,12 @@ from mitmproxy import exceptions, options
 from mitmproxy.addonmanager import AddonManager
 from mitmproxy.http import HTTPFlow
 from mitmproxy.master import Master
-from mitmproxy.proxy import mode_servers
+from mitmproxy.proxy import commands, mode_servers
 from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
 from mitmproxy.proxy.server_hooks import ClientConnectedHook
 from mitmproxy.test import tflow
 
-from agent.dispatch import HookIndex, InlineHookHandler
+from agent.dispatch import HookIndex, InlineHookHandler, coalesce_writes
 from agent.mock_upstream import SimulatedLLM
 from tests.conftest import RunningSidecar
 
@@ -264,3 +265,44 @@ async def test_the_stock_handler_is_back_once_the_sidecar_stops(
     assert mode_servers.ProxyConnectionHandler is InlineHookHandler  # the second still runs
     await second.sidecar.stop()
     assert mode_servers.ProxyConnectionHandler is stock is not InlineHookHandler
+
+
+# -- writes coalesced -----------------------------------------------------------------------
+
+
+def test_runs_of_writes_to_one_connection_become_one_write_in_order() -> None:
+    client, server = tflow.tclient_conn(), tflow.tserver_conn()
+    hook = HttpRequestHook(tflow.tflow())
+    layer_commands = [
+        commands.SendData(server, b"POST / HTTP/1.1\r\n\r\n"),
+        commands.SendData(server, b"{}"),
+        commands.SendData(client, b"HTTP/1.1 200 OK\r\n\r\n"),
+        hook,  # set aside for the handler; the writes around it still join
+        commands.SendData(client, b"5\r\nhello\r\n"),
+        commands.Log("a log line"),
+        commands.SendData(client, b"0\r\n\r\n"),
+        commands.CloseConnection(client),
+        commands.SendData(server, b"last"),
+    ]
+    hooks: deque[commands.StartHook] = deque()
+    out = list(coalesce_writes(iter(layer_commands), hooks))
+    assert list(hooks) == [hook]
+    summary = [
+        (
+            type(c).__name__,
+            c.connection is client if hasattr(c, "connection") else None,
+            getattr(c, "data", None),
+        )
+        for c in out
+    ]
+    assert summary == [
+        ("SendData", False, b"POST / HTTP/1.1\r\n\r\n{}"),
+        ("SendData", True, b"HTTP/1.1 200 OK\r\n\r\n5\r\nhello\r\n"),
+        ("Log", None, None),
+        ("SendData", True, b"0\r\n\r\n"),
+        ("CloseConnection", True, None),
+        ("SendData", False, b"last"),
+    ]
+    lone = [commands.SendData(client, b"x")]
+    [only] = coalesce_writes(iter(lone), hooks)
+    assert only is lone[0]  # nothing to join: passed on as is
