@@ -15,7 +15,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from addons import headers as hdr
-from agent.records import UsageRecord
+from agent.records import UsageRecord, new_request_id
 from agent.wire import (
     RequestInfo,
     StreamMeter,
@@ -48,8 +48,7 @@ def record_of(flow: http.HTTPFlow) -> UsageRecord:
 
 
 def _new_record(flow: http.HTTPFlow, sent_id: str | None) -> UsageRecord:
-    # mitmproxy already gave the flow a random UUID: no second one per request.
-    rec = UsageRecord(request_id=(sent_id or flow.id)[:128])
+    rec = UsageRecord(request_id=sent_id[:128] if sent_id else new_request_id())
     flow.metadata[RECORD] = rec
     return rec
 

@@ -250,8 +250,12 @@ async def test_non_inference_paths_are_recorded_as_other(openai_side: RunningSid
 
 async def test_request_id_generated_when_absent(openai_side: RunningSidecar) -> None:
     async with httpx.AsyncClient() as http:
-        resp = await http.get(openai_side.url + "/v1/models")
-    generated = resp.headers["x-request-id"]
-    assert len(generated) >= 16
-    rec = await openai_side.record(generated)
-    assert rec.status == 200
+        first = await http.get(openai_side.url + "/v1/models")
+        second = await http.get(openai_side.url + "/v1/models")
+    generated = [first.headers["x-request-id"], second.headers["x-request-id"]]
+    # UUIDv7: time-ordered, so later requests sort after earlier ones (and the index stays cheap)
+    assert [uuid.UUID(g).version for g in generated] == [7, 7]
+    assert generated[0] < generated[1]
+    for g in generated:
+        rec = await openai_side.record(g)
+        assert rec.status == 200 and rec.request_id == g
