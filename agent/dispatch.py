@@ -9,6 +9,10 @@ Two costs the profile (bench/cpu_profile.py) put above the sidecar's own handler
 - mitmproxy's connection handler starts an asyncio task for every hook (four per request) and
   only feeds the hook's completion back into the connection on a later loop iteration.
   `InlineHookHandler` runs the hooks right after the event that raised them, in the same task.
+- Every read of an option deep-copies its value, twice when it is at its default, and the
+  HTTP layer reads several for every request and body (`check_body_size`, 4 times a request,
+  reads 3-4 once `body_size_limit` is set). `SidecarOptions` hands out immutable values as they
+  are.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from mitmproxy import exceptions, flow, hooks
+from mitmproxy import exceptions, flow, hooks, options, optmanager
 from mitmproxy.addonmanager import AddonManager, traverse
 from mitmproxy.proxy import commands, events, mode_servers
 from mitmproxy.proxy.layer import CommandGenerator, Layer
@@ -29,6 +33,26 @@ from mitmproxy.proxy.layer import CommandGenerator, Layer
 logger = logging.getLogger("mitmproxy.addonmanager")
 
 Handler = Callable[..., Any]
+
+# A deep copy of one of these is the value itself.
+_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+class SidecarOptions(options.Options):
+    """mitmproxy's options, minus the deep copy of values that cannot be mutated anyway.
+
+    Reads the live option each time (no cache to keep in step with updates and rollbacks);
+    lists, sets and other mutable values are still copied, as the stock manager promises."""
+
+    def __getattr__(self, attr: str) -> Any:
+        try:
+            option = self.__dict__["_options"][attr]
+        except KeyError:  # also before __init__ has made `_options`
+            raise AttributeError(f"No such option: {attr}") from None
+        value = option.value
+        if value is optmanager.unset:
+            value = option._default
+        return value if type(value) in _IMMUTABLE else option.current()
 
 
 class HookIndex(AddonManager):

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
-from mitmproxy import options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
@@ -27,7 +26,7 @@ from addons.meter import Meter
 from addons.record import Recorder
 from agent.auth import AuthSettings, KeyConfigError, Verifier
 from agent.config import Config, parse_size
-from agent.dispatch import HookIndex, use_inline_hooks
+from agent.dispatch import HookIndex, SidecarOptions, use_inline_hooks
 from agent.store import StoreError, UsageStore, redact_url
 from ops_api.app import build_app
 
@@ -154,7 +153,7 @@ class Sidecar:
 
     async def _start_proxy(self) -> None:
         cfg = self.config
-        opts = options.Options()
+        opts = SidecarOptions()
         master = Master(opts)
         master.addons = HookIndex(master)  # before any addon: the stock one looks handlers up per event
         if self._release_hooks is None:

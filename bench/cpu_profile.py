@@ -80,13 +80,19 @@ def _callback(frames: list[Frame]) -> list[Frame]:
     return frames[last + 1 :]
 
 
+# The sidecar's replacement for mitmproxy's hook dispatch and connection handler: every
+# sample of a connection runs under it, so it counts with the proxy core, not as metering.
+PROXY_CORE = "agent/dispatch.py"
+
+
 def _component(frames: list[Frame]) -> str:
     """Who a sample of the event loop belongs to: the sidecar's code (with everything it calls),
-    else mitmproxy (its connection handling, HTTP/1 layers, hook dispatch), else the loop."""
-    if any(f.file.startswith(OURS) for f in frames):
+    else the proxy core (mitmproxy's connection handling and HTTP/1 layers, and hook dispatch,
+    mitmproxy's or the sidecar's), else the loop."""
+    if any(f.file.startswith(OURS) and f.file != PROXY_CORE for f in frames):
         return "sidemeter code (addons/, agent/, ops_api/) and what it calls"
-    if any(f.file.startswith("mitmproxy/") for f in frames):
-        return "mitmproxy (connections, HTTP/1 layers, hook dispatch)"
+    if any(f.file.startswith("mitmproxy/") or f.file == PROXY_CORE for f in frames):
+        return "proxy core (mitmproxy's connections and HTTP/1 layers, hook dispatch)"
     return "event loop, sockets, other"
 
 

@@ -19,7 +19,7 @@ from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
 from mitmproxy.proxy.server_hooks import ClientConnectedHook
 from mitmproxy.test import tflow
 
-from agent.dispatch import HookIndex, InlineHookHandler, coalesce_writes
+from agent.dispatch import HookIndex, InlineHookHandler, SidecarOptions, coalesce_writes
 from agent.mock_upstream import SimulatedLLM
 from tests.conftest import RunningSidecar
 
@@ -306,3 +306,48 @@ def test_runs_of_writes_to_one_connection_become_one_write_in_order() -> None:
     lone = [commands.SendData(client, b"x")]
     [only] = coalesce_writes(iter(lone), hooks)
     assert only is lone[0]  # nothing to join: passed on as is
+
+
+def _loaded(opts: options.Options) -> options.Options:
+    """Options with every stock addon's options too, as a running master has them."""
+    from mitmproxy.addons import default_addons
+
+    manager = AddonManager(Master(opts))
+    manager.add(*default_addons())
+    return opts
+
+
+def _values(opts: options.Options) -> dict[str, Any]:
+    return {name: getattr(opts, name) for name in sorted(opts.keys())}
+
+
+async def test_sidecar_options_read_like_the_stock_ones_at_defaults_and_after_updates() -> None:
+    stock, ours = _loaded(options.Options()), _loaded(SidecarOptions())
+    assert stock.keys() == ours.keys() and len(ours.keys()) > 50
+    assert _values(ours) == _values(stock)
+    changes = dict(
+        body_size_limit="1m", connection_strategy="lazy", ignore_hosts=["a\\.example"], ssl_insecure=True
+    )
+    stock.update(**changes)
+    ours.update(**changes)
+    assert _values(ours) == _values(stock)
+    assert ours.body_size_limit == "1m" and ours.ignore_hosts == ["a\\.example"]
+    with pytest.raises(AttributeError, match="No such option: nope"):
+        _ = ours.nope
+
+
+async def test_sidecar_options_still_copy_mutable_values_and_see_rollbacks() -> None:
+    ours = _loaded(SidecarOptions())
+    ours.update(ignore_hosts=["a"])
+    ours.ignore_hosts.append("b")  # a caller's copy: the option keeps its value
+    assert ours.ignore_hosts == ["a"]
+
+    def refuse(updated: set[str]) -> None:
+        if "body_size_limit" in updated and ours.body_size_limit == "2m":
+            raise exceptions.OptionsError("refused")
+
+    ours.changed.connect(refuse)
+    ours.update(body_size_limit="1m")
+    with pytest.raises(exceptions.OptionsError):
+        ours.update(body_size_limit="2m")
+    assert ours.body_size_limit == "1m"  # rolled back, and read from the live option
