@@ -9,9 +9,10 @@ Two costs the profile (bench/cpu_profile.py) put above the sidecar's own handler
 - mitmproxy's connection handler starts an asyncio task for every hook (four per request) and
   only feeds the hook's completion back into the connection on a later loop iteration.
   `InlineHookHandler` runs the hooks right after the event that raised them, in the same task.
-- Every read of an option deep-copies its value, twice when it is at its default, and the
-  HTTP layer reads several for every request and body (`check_body_size`, 4 times a request,
-  reads 3-4 once `body_size_limit` is set). `SidecarOptions` hands out immutable values as they
+- Every read of an option fails a normal attribute lookup and then deep-copies the value,
+  twice when it is at its default, and the HTTP layer reads several for every request and body
+  (`check_body_size`, 4 times a request, reads 3-4 once `body_size_limit` is set).
+  `SidecarOptions` reads them through class attributes and hands out immutable values as they
   are.
 """
 
@@ -38,21 +39,38 @@ Handler = Callable[..., Any]
 _IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
 
 
-class SidecarOptions(options.Options):
-    """mitmproxy's options, minus the deep copy of values that cannot be mutated anyway.
+class _OptionValue:
+    """Reads one option of a `SidecarOptions` live (no cache to keep in step with updates and
+    rollbacks), without the deep copy where the value is immutable anyway."""
 
-    Reads the live option each time (no cache to keep in step with updates and rollbacks);
-    lists, sets and other mutable values are still copied, as the stock manager promises."""
+    __slots__ = ("name",)
 
-    def __getattr__(self, attr: str) -> Any:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, opts: optmanager.OptManager | None, owner: type | None = None) -> Any:
+        if opts is None:
+            return self
         try:
-            option = self.__dict__["_options"][attr]
-        except KeyError:  # also before __init__ has made `_options`
-            raise AttributeError(f"No such option: {attr}") from None
+            option = opts.__dict__["_options"][self.name]
+        except KeyError:  # not an option of this instance: OptManager.__getattr__ says so
+            raise AttributeError(self.name) from None
         value = option.value
         if value is optmanager.unset:
             value = option._default
         return value if type(value) in _IMMUTABLE else option.current()
+
+
+class SidecarOptions(options.Options):
+    """mitmproxy's options, read faster: a stock read fails the normal attribute lookup first
+    (an AttributeError raised and caught) before `__getattr__` deep-copies the value, twice at
+    a default. Each option here is a class attribute that reads it directly (~4x faster) and
+    still copies lists, sets and other mutable values, as the stock manager promises."""
+
+    def add_option(self, name: str, typespec: Any, default: Any, help: str, choices: Any = None) -> None:
+        if not hasattr(SidecarOptions, name):  # never shadow a method of the manager
+            setattr(SidecarOptions, name, _OptionValue(name))
+        super().add_option(name, typespec, default, help, choices)
 
 
 class HookIndex(AddonManager):

@@ -334,6 +334,8 @@ async def test_sidecar_options_read_like_the_stock_ones_at_defaults_and_after_up
     assert ours.body_size_limit == "1m" and ours.ignore_hosts == ["a\\.example"]
     with pytest.raises(AttributeError, match="No such option: nope"):
         _ = ours.nope
+    with pytest.raises(AttributeError, match="No such option: body_size_limit"):
+        _ = SidecarOptions().body_size_limit  # an addon's option, not loaded into this one
 
 
 async def test_sidecar_options_still_copy_mutable_values_and_see_rollbacks() -> None:
