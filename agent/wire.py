@@ -1136,10 +1136,27 @@ def _decoder_step(name: str) -> Callable[[bytes], bytes] | None:
 
         return brotli.Decompressor().process
     if name == "zstd":
-        import zstandard  # mitmproxy dependency
-
-        return zstandard.ZstdDecompressor().decompressobj().decompress
+        return _zstd_step()
     return None
+
+
+def _zstd_step() -> Callable[[bytes], bytes] | None:
+    """A zstd decompressor from whichever module this mitmproxy brought: Python 3.14's
+    `compression.zstd` or its backport (mitmproxy 12.2+), else `zstandard` (earlier ones)."""
+    try:
+        from compression import zstd  # type: ignore[import-not-found]
+    except ImportError:
+        try:
+            from backports import zstd  # type: ignore[import-not-found,no-redef]
+        except ImportError:
+            zstd = None
+    if zstd is not None:
+        return zstd.ZstdDecompressor().decompress
+    try:
+        import zstandard
+    except ImportError:  # then zstd bodies are relayed unread, like an unknown encoding
+        return None
+    return zstandard.ZstdDecompressor().decompressobj().decompress
 
 
 def _deflate_decoder() -> Callable[[bytes], bytes]:

@@ -18,7 +18,16 @@ from pathlib import Path
 
 import brotli
 import pytest
-import zstandard
+
+try:  # the zstd module this mitmproxy brought, as agent.wire looks for it
+    from compression.zstd import compress as zstd_compress  # type: ignore[import-not-found]
+except ImportError:
+    try:
+        from backports.zstd import compress as zstd_compress  # type: ignore[import-not-found,no-redef]
+    except ImportError:
+        import zstandard
+
+        zstd_compress = zstandard.ZstdCompressor().compress
 
 from agent.wire import (
     RequestInfo,
@@ -1105,7 +1114,7 @@ def _raw_deflate(data: bytes) -> bytes:
         ("deflate", _raw_deflate),
         ("br", brotli.compress),
         ("BR", brotli.compress),
-        ("zstd", zstandard.ZstdCompressor().compress),
+        ("zstd", zstd_compress),
         ("gzip, br", lambda d: brotli.compress(gzip.compress(d))),
     ],
 )
