@@ -1,6 +1,8 @@
-"""Hook dispatch for the sidecar's embedded master, without mitmproxy's per-event overhead.
+"""Hook dispatch and option reads for the sidecar's embedded master, without mitmproxy's
+per-event overhead.
 
-Two costs the profile (bench/cpu_profile.py) put above the sidecar's own handlers:
+Per-request costs of mitmproxy's own machinery that the profile (bench/cpu_profile.py) showed,
+and what replaces each:
 
 - For every event, mitmproxy's stock `AddonManager` walks every addon and its sub-addons with
   `getattr`, enters a context manager and creates a coroutine per addon, rebuilds the hook's
