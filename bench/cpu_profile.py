@@ -85,11 +85,15 @@ def _callback(frames: list[Frame]) -> list[Frame]:
 PROXY_CORE = "agent/dispatch.py"
 
 
+def _ours(frame: Frame) -> bool:
+    return frame.file.startswith(OURS) and frame.file != PROXY_CORE
+
+
 def _component(frames: list[Frame]) -> str:
     """Who a sample of the event loop belongs to: the sidecar's code (with everything it calls),
     else the proxy core (mitmproxy's connection handling and HTTP/1 layers, and hook dispatch,
     mitmproxy's or the sidecar's), else the loop."""
-    if any(f.file.startswith(OURS) and f.file != PROXY_CORE for f in frames):
+    if any(_ours(f) for f in frames):
         return "sidemeter code (addons/, agent/, ops_api/) and what it calls"
     if any(f.file.startswith("mitmproxy/") or f.file == PROXY_CORE for f in frames):
         return "proxy core (mitmproxy's connections and HTTP/1 layers, hook dispatch)"
@@ -122,7 +126,7 @@ def summarize(raw: str, seconds: float, rate: int, cpu_ms_per_req: float | None,
             leaf = frames[-1]
             own_fn[f"{leaf.function} ({leaf.file})"] += count
             own_file[leaf.file or "?"] += count
-        for f in {f"{f.function} ({f.file})" for f in callback if f.file.startswith(OURS)}:
+        for f in {f"{f.function} ({f.file})" for f in callback if _ours(f)}:
             ours_incl[f] += count
     total = sum(threads.values())
     lines = [

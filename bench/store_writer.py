@@ -74,7 +74,7 @@ def run(records: int, make_id: Callable[[], str], checkpoints: list[int]) -> lis
     return spans
 
 
-def uuid4_hex() -> str:
+def random_uuid4() -> str:
     return str(uuid.uuid4())
 
 
@@ -85,7 +85,7 @@ def main() -> None:
     n = max(BATCH, args.records // BATCH * BATCH)
     checkpoints = sorted({n // 4 // BATCH * BATCH or BATCH, n // 2 // BATCH * BATCH or BATCH, n})
     print(f"INSERT CPU of the store writer, {n:,} records per variant, batches of {BATCH}:")
-    random_ids = run(n, uuid4_hex, checkpoints)
+    random_ids = run(n, random_uuid4, checkpoints)
     ordered = run(n, new_request_id, checkpoints)
     print(f"\n{'rows in the table':>20} | {'UUIDv4 µs/rec':>14} | {'UUIDv7 µs/rec':>14} | v7 / v4")
     low = 0
