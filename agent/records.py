@@ -1,18 +1,45 @@
-"""The usage record: one per request that reaches the sidecar (DESIGN.md, "Usage record")."""
+"""The usage record: one per request that reaches the sidecar, and the closed vocabularies of its fields."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Final
 
 import uuid_utils
 
-DIALECTS: Final = ("ollama", "openai")
-OPERATIONS: Final = ("chat", "completion", "embedding", "responses", "other")
-OUTCOMES: Final = ("ok", "upstream_error", "rejected", "client_cancelled", "proxy_error")
-USAGE_SOURCES: Final = ("reported", "estimated", "none")
+
+class Dialect(StrEnum):
+    """The API a client speaks: Ollama's native `/api/*`, or the OpenAI-compatible `/v1/*`."""
+
+    OLLAMA = "ollama"
+    OPENAI = "openai"
+
+
+class Operation(StrEnum):
+    CHAT = "chat"
+    COMPLETION = "completion"
+    EMBEDDING = "embedding"
+    RESPONSES = "responses"
+    OTHER = "other"  # anything that is not inference: /api/tags, /v1/models, health probes
+
+
+class Outcome(StrEnum):
+    """Who, if anyone, failed the request."""
+
+    OK = "ok"
+    UPSTREAM_ERROR = "upstream_error"  # the LLM server answered with an error or broke off
+    REJECTED = "rejected"  # the sidecar refused it: auth, size, malformed request
+    CLIENT_CANCELLED = "client_cancelled"  # the client hung up before the answer was complete
+    PROXY_ERROR = "proxy_error"  # the sidecar itself failed
+
+
+class UsageSource(StrEnum):
+    REPORTED = "reported"  # counts the server sent
+    ESTIMATED = "estimated"  # counted by the sidecar because the server sent none
+    NONE = "none"  # no tokens involved (or nothing could be counted)
 
 
 def utcnow() -> datetime:
@@ -37,20 +64,20 @@ class UsageRecord:
     team: str | None = None
     client_ip: str | None = None
     upstream: str = ""
-    dialect: str = "openai"
+    dialect: str = Dialect.OPENAI
     endpoint: str = ""
-    operation: str = "other"
+    operation: str = Operation.OTHER
     model: str | None = None
     stream: bool = False
     status: int | None = None
-    outcome: str = "ok"
+    outcome: str = Outcome.OK
     error: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
-    usage_source: str = "none"
+    usage_source: str = UsageSource.NONE
     latency_ms: float | None = None
     ttft_ms: float | None = None
     server_duration_ms: float | None = None
