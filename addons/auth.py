@@ -23,7 +23,8 @@ from addons import headers as hdr
 from addons.meter import record_of
 from agent.auth import AuthError, AuthSettings, KeyConfigError, Verifier
 from agent.metrics import AUTH_FAILURES
-from agent.wire import classify, error_body
+from agent.wire.errors import error_body
+from agent.wire.request import classify
 
 log = logging.getLogger("sidemeter.auth")
 

@@ -19,7 +19,8 @@ from mitmproxy.proxy import commands
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 
-from agent.wire import classify, error_body
+from agent.wire.errors import error_body
+from agent.wire.request import classify
 
 REQUEST_ID_HEADER = "X-Request-ID"
 

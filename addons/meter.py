@@ -16,17 +16,11 @@ from mitmproxy.addonmanager import Loader
 
 from addons import headers as hdr
 from agent.records import UsageRecord, new_request_id
-from agent.wire import (
-    RequestInfo,
-    StreamMeter,
-    Usage,
-    add_include_usage,
-    estimate_usage,
-    make_decoder,
-    parse_request,
-    parse_response,
-    should_inject_usage,
-)
+from agent.wire.decode import make_decoder
+from agent.wire.request import RequestInfo, add_include_usage, parse_request, should_inject_usage
+from agent.wire.response import parse_response
+from agent.wire.stream import StreamMeter
+from agent.wire.usage import Usage, estimate_usage
 
 RECORD = "sidemeter.record"
 INFO = "sidemeter.info"

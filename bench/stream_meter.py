@@ -2,8 +2,8 @@
 """CPU per streamed event of `StreamMeter.feed`, for each dialect and stream shape.
 
 The streams are built from recorded and documented wire bytes (the shapes in
-`tests/test_wire.py` and the llama.cpp recordings in `tests/fixtures/llamacpp/`), stretched to
-a realistic length by repeating their content events. Each one is fed the way it reaches the
+`tests/wire_transcripts.py` and the llama.cpp recordings in `tests/fixtures/llamacpp/`),
+stretched to a realistic length by repeating their content events. Each one is fed the way it reaches the
 stream callback: one chunk per event (servers flush every event), and in 97-byte pieces that
 cut events apart (what a proxy or a slow link makes of them). Figures are event-loop thread
 CPU (`time.thread_time`), so a busy box inflates them less than wall time; the medians of
@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository
 
-from agent.wire import StreamMeter, parse_request
+from agent.wire.request import parse_request
+from agent.wire.stream import StreamMeter
 
 LLAMACPP = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "llamacpp"
 PIECE = 97  # bytes per piece in the "pieces" chunking: not a divisor of any event's length
