@@ -25,6 +25,7 @@ from agent.wire.strip import (
     NONE,
     UsageChunkStripper,
     Verdict,
+    _value_end,
     merge_verdicts,
 )
 from agent.wire.usage import Usage
@@ -333,3 +334,24 @@ def test_stripper_acts_on_verdicts() -> None:
     assert stripper.held is None and stripper.release() == b""
     stripper.held = finish
     assert stripper.release() == finish and stripper.held is None
+
+
+@pytest.mark.parametrize(
+    ("data", "end"),
+    [
+        (b'{"a":"}"}', 9),  # a bracket inside a string is text
+        (b'"ab\\"c",', 7),  # an escaped quote does not end a string
+        (b'"ab\\\\",', 6),  # an escaped backslash does not escape the quote after it
+        (b'{"a":[1,{"b":"]"}]},"c":1', 19),
+        (b"[[],{}]]", 7),
+        (b"12,", 2),
+        (b"null}", 4),
+        (b'{"a":"no end', -1),
+        (b'"ab\\', -1),  # cut off after a backslash
+        (b'{"a":{}', -1),
+        (b"", -1),
+    ],
+)
+def test_value_end_of_the_member_strip_mode_edits(data: bytes, end: int) -> None:
+    assert _value_end(data, 0) == end
+    assert _value_end(b"xx" + data, 2) == (end + 2 if end >= 0 else -1)

@@ -18,6 +18,7 @@ key order), checked by parsing the result; an edit that would not parse is not m
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 from typing import Any, Final
 
@@ -77,7 +78,7 @@ def merge_verdicts(a: Verdict, b: Verdict) -> Verdict:
 
 def placeholder_usage(u: dict[str, Any]) -> bool:
     """No count in it: Ollama's ``"usage": {"prompt_tokens": 0, ...}`` on content chunks."""
-    return not any(u.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
+    return not (u.get("prompt_tokens") or u.get("completion_tokens") or u.get("total_tokens"))
 
 
 class UsageChunkStripper:
@@ -134,6 +135,11 @@ class UsageChunkStripper:
         return held if held is not None else b""
 
 
+# Where a JSON value's structure can change: a bracket or a quote. The scan jumps from one to
+# the next (and over whole strings) rather than stepping through every byte in Python.
+_BRACKET_OR_QUOTE: Final = re.compile(rb'[{}\[\]"]')
+
+
 def _value_end(data: bytes, i: int) -> int:
     """Index just past the JSON value that starts at ``data[i]``; -1 if it does not end."""
     n = len(data)
@@ -145,25 +151,37 @@ def _value_end(data: bytes, i: int) -> int:
             i += 1
         return i
     depth = 0
-    in_str = False
-    while i < n:
+    search = _BRACKET_OR_QUOTE.search
+    while (m := search(data, i)) is not None:
+        i = m.start()
         c = data[i]
-        if in_str:
-            if c == 92:  # backslash: skip the escaped character
-                i += 1
-            elif c == 34:
-                in_str = False
-                if depth == 0:
-                    return i + 1  # a string value
-        elif c == 34:
-            in_str = True
-        elif c == 123 or c == 91:
+        if c == 34:  # a string: skip it whole
+            i = _string_end(data, i + 1)
+            if i < 0:
+                return -1
+            if depth == 0:
+                return i  # a string value
+            continue
+        i += 1
+        if c == 123 or c == 91:
             depth += 1
-        elif c == 125 or c == 93:
+        else:
             depth -= 1
             if depth == 0:
-                return i + 1
-        i += 1
+                return i
+    return -1
+
+
+def _string_end(data: bytes, i: int) -> int:
+    """Index just past the closing quote of the string whose text starts at ``data[i]``: the
+    first quote not escaped, that is not after an odd run of backslashes; -1 if none."""
+    while (q := data.find(b'"', i)) >= 0:
+        k = q
+        while k > i and data[k - 1] == 92:
+            k -= 1
+        if (q - k) % 2 == 0:
+            return q + 1
+        i = q + 1
     return -1
 
 
