@@ -129,39 +129,42 @@ class StreamMeter(StreamTally):
         complete events to forward (the buffer then starts at the current event)."""
         buf = self._buf
         pos = self._pos
+        search = self._search
         stripper = self._stripper
+        ev_start = self._ev_start
+        ev_verdict = self._verdict
         out: list[bytes] = []
-        run = self._ev_start  # strip mode: start of the run of bytes to forward as they are
+        run = ev_start  # strip mode: start of the run of bytes to forward as they are
         find = buf.find
         while True:
-            nl = find(b"\n", self._search)
+            nl = find(b"\n", search)
             if nl < 0:
-                self._search = len(buf)
+                search = len(buf)
                 break
             end = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
             if end == pos:  # blank line: the event ends here
                 if stripper is not None:
-                    verdict = self._verdict
-                    if verdict > KEEP or stripper.held is not None:
-                        run = stripper.end_event(buf, run, self._ev_start, nl + 1, verdict, out)
-                    self._verdict = NONE
-                    self._ev_start = nl + 1
+                    if ev_verdict > KEEP or stripper.held is not None:
+                        run = stripper.end_event(buf, run, ev_start, nl + 1, ev_verdict, out)
+                    ev_verdict = NONE
+                    ev_start = nl + 1
                 self._ev_name = b""
             else:
                 verdict = self._line(pos, end)
                 if verdict and stripper is not None:
-                    current = self._verdict
-                    self._verdict = verdict if current == NONE else merge_verdicts(current, verdict)
-            pos = self._search = nl + 1
-        self._pos = pos
-        if stripper is not None:
-            if run < self._ev_start:
-                out.append(bytes(buf[run : self._ev_start]))
+                    ev_verdict = verdict if ev_verdict == NONE else merge_verdicts(ev_verdict, verdict)
+            pos = search = nl + 1
+        self._verdict = ev_verdict
+        if stripper is not None and ev_start:
+            if run < ev_start:
+                out.append(bytes(buf[run:ev_start]))
             # Keep only the current, incomplete event.
-            del buf[: self._ev_start]
-            self._pos -= self._ev_start
-            self._search -= self._ev_start
+            del buf[:ev_start]
+            pos -= ev_start
+            search -= ev_start
             self._ev_start = 0
+        self._pos = pos
+        self._search = search
         return out
 
     def _compact(self) -> None:
