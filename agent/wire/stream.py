@@ -50,7 +50,6 @@ class StreamMeter(StreamTally):
     __slots__ = (
         "_buf",
         "_ev_name",
-        "_ev_start",
         "_finished",
         "_ndjson",
         "_pos",
@@ -79,7 +78,6 @@ class StreamMeter(StreamTally):
         self._buf = bytearray()
         self._pos = 0  # start of the next unparsed line in _buf
         self._search = 0  # where to resume looking for "\n" (never re-scan a partial line)
-        self._ev_start = 0  # strip mode: start of the current, not yet forwarded event
         self._verdict = NONE  # strip mode: the current event's verdict so far
         self._ev_name = b""  # SSE "event:" field of the current event
         self._finished = False
@@ -96,10 +94,10 @@ class StreamMeter(StreamTally):
             self._compact()
             return chunk
         out = self._scan()
-        if len(self._buf) - self._ev_start > _MAX_PENDING:
+        if len(self._buf) > _MAX_PENDING:
             # An "event" this large is not SSE: stop holding bytes back, forward everything.
             out.append(stripper.release())
-            out.append(bytes(self._buf[self._ev_start :]))
+            out.append(bytes(self._buf))
             self._stripper = None
             self._compact()
         return b"".join(out)
@@ -117,24 +115,25 @@ class StreamMeter(StreamTally):
             self._line(self._pos, end)
         held = b""
         if self._stripper is not None:
-            held = self._stripper.release() + bytes(buf[self._ev_start :])
+            held = self._stripper.release() + bytes(buf)
         buf.clear()
-        self._pos = self._search = self._ev_start = 0
+        self._pos = self._search = 0
         return held
 
     # -- framing
 
     def _scan(self) -> list[bytes]:
-        """Handle every complete line in the buffer; in strip mode return the bytes of the
-        complete events to forward (the buffer then starts at the current event)."""
+        """Handle every complete line in the buffer. In strip mode, return the bytes of the
+        complete events to forward and drop them: between calls the buffer holds only the
+        current, incomplete event, from its start."""
         buf = self._buf
         pos = self._pos
         search = self._search
         stripper = self._stripper
-        ev_start = self._ev_start
-        ev_verdict = self._verdict
+        ev_start = 0  # strip mode: start of the current event
+        ev_verdict = self._verdict  # strip mode: its verdict so far
         out: list[bytes] = []
-        run = ev_start  # strip mode: start of the run of bytes to forward as they are
+        run = 0  # strip mode: start of the run of bytes to forward as they are
         find = buf.find
         while True:
             nl = find(b"\n", search)
@@ -158,11 +157,9 @@ class StreamMeter(StreamTally):
         if stripper is not None and ev_start:
             if run < ev_start:
                 out.append(bytes(buf[run:ev_start]))
-            # Keep only the current, incomplete event.
             del buf[:ev_start]
             pos -= ev_start
             search -= ev_start
-            self._ev_start = 0
         self._pos = pos
         self._search = search
         return out
