@@ -64,7 +64,7 @@ _LAST_CHUNK_MEMBERS: Final = (b"timings", b"__tool_call_incomplete")
 
 
 def merge_verdicts(a: Verdict, b: Verdict) -> Verdict:
-    """The verdict of an event with two data lines (rare: servers send one a event). A
+    """The verdict of an event with two data lines (rare: servers send one per event). A
     usage-only line does not make droppable an event that carries anything else; a cut and a
     hold both apply."""
     if a in (NONE, DROP):
