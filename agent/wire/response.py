@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from agent.records import Dialect, Operation
 from agent.wire.errors import error_message
@@ -25,6 +25,11 @@ from agent.wire.usage import (
 )
 
 __all__ = ["ResponseSummary", "parse_response"]
+
+# Read on every response, as globals (cheaper to load than enum class attributes on 3.11).
+_OLLAMA: Final = Dialect.OLLAMA
+_EMBEDDING: Final = Operation.EMBEDDING
+_RESPONSES: Final = Operation.RESPONSES
 
 
 @dataclass(slots=True)
@@ -66,7 +71,7 @@ def parse_response(info: RequestInfo, body: bytes) -> ResponseSummary:
     elif doc.get("object") == "error":  # older vLLM: {"object": "error", "message": ...}
         summary.error = error_message(doc)
 
-    if info.dialect == Dialect.OLLAMA:
+    if info.dialect == _OLLAMA:
         _summarize_ollama(info, doc, summary)
     elif info.endpoint in LLAMACPP_NATIVE_ENDPOINTS:
         _summarize_llamacpp(doc, summary)
@@ -76,7 +81,7 @@ def parse_response(info: RequestInfo, body: bytes) -> ResponseSummary:
 
 
 def _summarize_ollama(info: RequestInfo, doc: dict[str, Any], s: ResponseSummary) -> None:
-    if info.operation == Operation.EMBEDDING:
+    if info.operation == _EMBEDDING:
         # /api/embed reports prompt_eval_count; legacy /api/embeddings and old servers
         # report nothing, so only a present count is usage.
         n = json_int(doc.get("prompt_eval_count"))
@@ -101,11 +106,11 @@ def _summarize_llamacpp(doc: dict[str, Any], s: ResponseSummary) -> None:
 def _summarize_openai(info: RequestInfo, doc: dict[str, Any], s: ResponseSummary) -> None:
     u = doc.get("usage")
     if isinstance(u, dict):
-        s.usage = openai_usage(u, info.operation == Operation.EMBEDDING)
+        s.usage = openai_usage(u, info.operation == _EMBEDDING)
         ms = timings_ms(doc.get("timings"))
         if ms is not None:
             s.usage.server_duration_ms = ms
-    if info.operation == Operation.RESPONSES or doc.get("object") == "response":
+    if info.operation == _RESPONSES or doc.get("object") == "response":
         output = doc.get("output")
         if isinstance(output, list):
             s.output_chars = sum(responses_item_chars(i) for i in output if isinstance(i, dict))
