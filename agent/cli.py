@@ -183,7 +183,7 @@ def run(config_path: str | None, **flags: Any) -> None:
 @click.option("--token-delay", type=float, default=0.02, show_default=True, help="Seconds between tokens.")
 def mock_upstream(dialect: str, listen: str, flavor: str, token_delay: float) -> None:
     """Serve a simulated LLM server (Ollama or vLLM wire format) for demos and tests."""
-    from agent.mock_upstream import serve
+    from agent.sim import serve
 
     try:
         host, port = configmod.parse_hostport(listen, "--listen")

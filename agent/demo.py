@@ -22,9 +22,9 @@ import aiohttp
 
 from agent.auth import SigningKey, issue_token
 from agent.config import Config
-from agent.mock_upstream import SimulatedLLM
 from agent.records import UsageRecord
 from agent.runtime import Sidecar, StartupError
+from agent.sim import SimulatedLLM
 from agent.store import get_record
 
 MODEL = "llama3.2"

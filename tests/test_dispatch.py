@@ -20,7 +20,7 @@ from mitmproxy.proxy.server_hooks import ClientConnectedHook
 from mitmproxy.test import tflow
 
 from agent.dispatch import HookIndex, InlineHookHandler, SidecarOptions, coalesce_writes
-from agent.mock_upstream import SimulatedLLM
+from agent.sim import SimulatedLLM
 from tests.conftest import RunningSidecar
 
 

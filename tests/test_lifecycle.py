@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.mock_upstream import SimulatedLLM
+from agent.sim import SimulatedLLM
 from agent.store import get_record, open_database
 from tests.conftest import RunningSidecar
 

@@ -21,7 +21,7 @@ import ollama
 import openai
 import pytest
 
-from agent.mock_upstream import SimulatedLLM, count_tokens
+from agent.sim import SimulatedLLM, count_tokens
 
 MODEL = "sim-model"
 OLLAMA_MODEL = "llama3.2"
@@ -696,7 +696,7 @@ async def test_token_delay_paces_the_stream(make_sim: MakeSim) -> None:
 
 async def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
-    code = "from agent.mock_upstream import serve; serve('ollama', '127.0.0.1', 0)"
+    code = "from agent.sim import serve; serve('ollama', '127.0.0.1', 0)"
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
         stdout=subprocess.PIPE,

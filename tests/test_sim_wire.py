@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.mock_upstream import SimulatedLLM
+from agent.sim import SimulatedLLM
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sim"
 SERVERS: dict[str, tuple[str, str]] = {
