@@ -157,12 +157,13 @@ def serve(dialect: str, host: str, port: int, *, flavor: str = "vllm", token_del
                 f"{os.strerror(exc.errno) if exc.errno else exc}; "
                 "pick another --listen HOST:PORT"
             ) from None
-        print(f"simulated {sim.label} server listening on {url}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):  # Windows has no add_signal_handler
                 loop.add_signal_handler(sig, stop.set)
+        # Announced once a signal stops it cleanly: whoever reads the line may signal at once.
+        print(f"simulated {sim.label} server listening on {url}", flush=True)
         try:
             await stop.wait()
         finally:
