@@ -127,7 +127,7 @@ class Vllm(OpenAICompatible):
     # ----------------------------------------------------------------- chat
 
     def chat_completion(self, plan: Plan, clock: Clock, reply: Reply) -> dict[str, Any]:
-        message = {
+        message: dict[str, Any] = {
             "role": "assistant",
             "content": plan.text,
             "refusal": None,
