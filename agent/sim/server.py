@@ -11,6 +11,7 @@ from typing import Final
 
 from aiohttp import web
 
+from agent.records import Dialect
 from agent.sim.api import Api, Server
 from agent.sim.errors import SimError
 from agent.sim.faults import decide_fault
@@ -23,22 +24,22 @@ from agent.sim.vllm import Vllm
 
 __all__ = ["DEFAULT_MODELS", "DIALECTS", "FLAVORS", "SERVERS", "SimulatedLLM", "serve"]
 
-DIALECTS: Final = ("ollama", "openai")
+DIALECTS: Final = tuple(Dialect)
 FLAVORS: Final = ("vllm", "llamacpp")
 DEFAULT_MODELS: Final[dict[str, tuple[str, ...]]] = {
     # "sim-model" is served in both dialects, so one name works everywhere in tests and demos.
-    "ollama": ("llama3.2:latest", "sim-model:latest", "nomic-embed-text:latest"),
-    "openai": ("sim-model",),
+    Dialect.OLLAMA: ("llama3.2:latest", "sim-model:latest", "nomic-embed-text:latest"),
+    Dialect.OPENAI: ("sim-model",),
 }
 _MAX_BODY: Final = 64 * 1024 * 1024  # real servers take long prompts; aiohttp's default is 1 MiB
 
 _OLLAMA: Final = Server("Ollama", lambda runner: (OllamaOpenAI(runner), OllamaNative(runner)), tagged)
 # (dialect, flavor) -> server; the flavor chooses among the OpenAI-dialect servers only.
 SERVERS: Final[dict[tuple[str, str], Server]] = {
-    ("ollama", "vllm"): _OLLAMA,
-    ("ollama", "llamacpp"): _OLLAMA,
-    ("openai", "vllm"): Server("vLLM", lambda runner: (Vllm(runner),)),
-    ("openai", "llamacpp"): Server("llama.cpp", lambda runner: (LlamaCpp(runner),)),
+    (Dialect.OLLAMA, "vllm"): _OLLAMA,
+    (Dialect.OLLAMA, "llamacpp"): _OLLAMA,
+    (Dialect.OPENAI, "vllm"): Server("vLLM", lambda runner: (Vllm(runner),)),
+    (Dialect.OPENAI, "llamacpp"): Server("llama.cpp", lambda runner: (LlamaCpp(runner),)),
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -52,7 +53,7 @@ class SimulatedLLM:
 
     def __init__(
         self,
-        dialect: str = "openai",
+        dialect: str = Dialect.OPENAI,
         *,
         flavor: str = "vllm",
         token_delay: float = 0.0,
