@@ -129,13 +129,16 @@ class OpenAICompatible(Api):
     # ----------------------------------------------------------------- what a server answers
 
     @abstractmethod
-    def completion_id(self, prefix: str) -> str: ...
+    def completion_id(self, prefix: str) -> str:
+        """A fresh answer id (``chatcmpl-...``, ``cmpl-...``) as this server makes them."""
 
     @abstractmethod
-    def model_card(self, model: str) -> dict[str, Any]: ...
+    def model_card(self, model: str) -> dict[str, Any]:
+        """One entry of ``/v1/models``."""
 
     @abstractmethod
-    def usage(self, plan: Plan) -> dict[str, Any]: ...
+    def usage(self, plan: Plan) -> dict[str, Any]:
+        """The ``usage`` object of a finished generation."""
 
     @abstractmethod
     def chat_completion(self, plan: Plan, clock: Clock, reply: Reply) -> dict[str, Any]: ...
