@@ -264,7 +264,7 @@ def token_issue(
     jwt_audience and jwt_issuer are put in, so the token passes this sidecar's checks.
     """
     from agent.auth import AuthSettings, KeyConfigError, SigningKey, issue_token, load_secret
-    from agent.store import parse_duration
+    from agent.durations import parse_duration
 
     cfg = _load(config_path)
     try:
@@ -370,7 +370,9 @@ def usage() -> None:
 @click.option("-o", "--output", type=click.File("w"), default="-", help="File to write [default: stdout].")
 def usage_export(config_path: str | None, db: str | None, fmt: str, since: str | None, output: Any) -> None:
     """Print usage records, one JSON object per line (jsonl) or CSV with a header."""
-    from agent.store import StoreError, export_records, open_database, parse_since
+    from agent.durations import parse_since
+    from agent.store.database import StoreError, open_database
+    from agent.store.queries import export_records
 
     cfg = _load(config_path, db=db)
     try:
@@ -484,7 +486,7 @@ def db() -> None:
 
 
 def _open(config_path: str | None, db_url: str | None):
-    from agent.store import StoreError, open_database
+    from agent.store.database import StoreError, open_database
 
     cfg = _load(config_path, db=db_url)
     try:
@@ -499,7 +501,7 @@ def _open(config_path: str | None, db_url: str | None):
 @click.option("--db", "db_url", help="Usage store URL [default: from config].")
 def db_migrate(config_path: str | None, db_url: str | None) -> None:
     """Create or upgrade the schema (the sidecar also does this at start)."""
-    from agent.store import StoreError, migrate
+    from agent.store.database import StoreError, migrate
 
     cfg, database = _open(config_path, db_url)
     try:
@@ -515,7 +517,8 @@ def db_migrate(config_path: str | None, db_url: str | None) -> None:
 @click.option("--older-than", required=True, help="Delete records older than this, e.g. 30d.")
 def db_prune(config_path: str | None, db_url: str | None, older_than: str) -> None:
     """Delete old usage records."""
-    from agent.store import parse_duration, prune
+    from agent.durations import parse_duration
+    from agent.store.queries import prune
 
     try:
         age = parse_duration(older_than)
@@ -531,7 +534,8 @@ def db_prune(config_path: str | None, db_url: str | None, older_than: str) -> No
 @click.option("--yes", is_flag=True, help="Do not ask.")
 def db_reset(config_path: str | None, db_url: str | None, yes: bool) -> None:
     """Delete every usage record."""
-    from agent.store import UsageLog, migrate
+    from agent.store.database import migrate
+    from agent.store.schema import UsageLog
 
     cfg, database = _open(config_path, db_url)
     if not yes:

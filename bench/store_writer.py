@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository
 
 from agent.records import UsageRecord, new_request_id
-from agent.store import UsageStore
+from agent.store.writer import UsageStore
 
 BATCH = 100
 
