@@ -124,13 +124,13 @@ def _open_sqlite(url: str, *, create: bool) -> peewee.SqliteDatabase:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(
-            f"cannot create the data directory {parent} for {url} ({exc.strerror or exc}): "
+            f"cannot create the folder {parent} for the database file {path} ({exc.strerror or exc}): "
             "make it a writable directory or choose another --db path"
         ) from exc
     if not os.access(parent, os.W_OK | os.X_OK):
         raise StoreError(
-            f"the data directory {parent} is not writable by this user: fix its permissions "
-            "or choose another --db path"
+            f"the folder {parent} of the database file {path} is not writable by this user: "
+            "fix its permissions or choose another --db path"
         )
     db = peewee.SqliteDatabase(path, pragmas=pragmas, timeout=timeout, **options)
     return _connect_sqlite(db, path, parent, warn=create)
