@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import peewee
 from playhouse import db_url
 
-from agent.store.schema import MODELS, SCHEMA_VERSION, USAGE_TABLE, SchemaMeta, UsageLog
+from agent.store.schema import COLUMNS, MODELS, SCHEMA_VERSION, USAGE_TABLE, SchemaMeta, UsageLog
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,8 @@ def migrate(db: peewee.Database) -> int:
                 )
             if db.table_exists(USAGE_TABLE):
                 _check_columns(db, where)
+                if found < 2 and isinstance(db, peewee.SqliteDatabase):
+                    _rebuild_with_never_reused_ids(db)
             for model in MODELS:
                 peewee.SchemaManager(model, database=db).create_all(safe=True)
             # Always a write, even when nothing changed: a read-only database fails here, at
@@ -231,3 +233,32 @@ def _check_columns(db: peewee.Database, where: str) -> None:
             "another tool?): rename it (ALTER TABLE usage_logs RENAME TO usage_logs_old) "
             "or use another --db"
         )
+
+
+_V1_TABLE: Final = "usage_logs_v1"
+
+
+def _rebuild_with_never_reused_ids(db: peewee.SqliteDatabase) -> None:
+    """Schema 1 -> 2 on SQLite: `id` becomes INTEGER PRIMARY KEY AUTOINCREMENT. SQLite cannot
+    alter a column, so the rows move, ids included, into a new table of the same name.
+    Runs inside migrate's transaction: a failure leaves version 1 as it was."""
+    columns = ", ".join(f'"{field.column_name}"' for field in COLUMNS.values())
+    # Legacy renaming leaves views that query usage_logs alone (modern renaming would point
+    # them at the old table, which is dropped below), so they read the new table afterwards.
+    legacy = db.execute_sql("PRAGMA legacy_alter_table").fetchone()[0]
+    db.execute_sql("PRAGMA legacy_alter_table = ON")
+    try:
+        db.execute_sql(f'ALTER TABLE "{USAGE_TABLE}" RENAME TO "{_V1_TABLE}"')
+    finally:
+        db.execute_sql(f"PRAGMA legacy_alter_table = {int(legacy)}")
+    # The indexes moved with the table under their names; the new table's take those names.
+    old_indexes = db.execute_sql(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+        (_V1_TABLE,),
+    ).fetchall()
+    for (name,) in old_indexes:
+        db.execute_sql(f'DROP INDEX "{name}"')
+    peewee.SchemaManager(UsageLog, database=db).create_all(safe=False)
+    db.execute_sql(f'INSERT INTO "{USAGE_TABLE}" ({columns}) SELECT {columns} FROM "{_V1_TABLE}"')
+    db.execute_sql(f'DROP TABLE "{_V1_TABLE}"')
+    log.info("usage store %s: schema 1 -> 2 (ids are never reused)", describe(db))

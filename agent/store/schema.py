@@ -19,7 +19,8 @@ import peewee
 from agent.durations import as_utc
 from agent.records import FIELD_NAMES, UsageRecord
 
-SCHEMA_VERSION: Final = 1
+# 1: the first layout. 2: ids never reused (SQLite AUTOINCREMENT; the rows and ids of version 1 kept).
+SCHEMA_VERSION: Final = 2
 
 
 def ts_to_db(ts: datetime) -> str:
@@ -39,6 +40,19 @@ class UTCDateTimeField(peewee.DateTimeField):
     def python_value(self, value: Any) -> Any:
         value = super().python_value(value)
         return as_utc(value) if isinstance(value, datetime) else value
+
+
+class NeverReusedIdField(peewee.BigAutoField):
+    """An auto-increment id that no later row gets again, even after the newest rows are
+    deleted (by `db prune`, `db reset`): PostgreSQL's BIGSERIAL already works that way; SQLite
+    hands out max(id) + 1 unless the column says AUTOINCREMENT."""
+
+    def ddl(self, ctx: Any) -> peewee.NodeList:
+        node = super().ddl(ctx)
+        # Only SQLite maps peewee's auto id to a bare INTEGER (the rowid alias).
+        if ctx.state.field_types.get(self.field_type) == "INTEGER":
+            return peewee.NodeList((node, peewee.SQL("AUTOINCREMENT")))
+        return node
 
 
 # -- the columns, from UsageRecord --------------------------------------------------------------
@@ -119,7 +133,7 @@ class UsageLog(peewee.Model):
     Not bound to a database: bind each query to the one `open_database` returned
     (`UsageLog.select().bind(db)`), or use the functions in `agent/store/queries.py`."""
 
-    id = peewee.BigAutoField()
+    id = NeverReusedIdField()
 
     class Meta:
         table_name = "usage_logs"
