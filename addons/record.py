@@ -11,7 +11,7 @@ from mitmproxy.addonmanager import Loader
 
 from addons.meter import record_of
 from agent.records import UsageRecord
-from agent.store import UsageStore
+from agent.store.writer import UsageStore
 
 OPEN = "sidemeter.open"
 RECORDED = "sidemeter.recorded"

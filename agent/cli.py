@@ -8,15 +8,18 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from agent import __version__
 from agent import config as configmod
 from agent.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from peewee import Database
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -264,7 +267,7 @@ def token_issue(
     jwt_audience and jwt_issuer are put in, so the token passes this sidecar's checks.
     """
     from agent.auth import AuthSettings, KeyConfigError, SigningKey, issue_token, load_secret
-    from agent.store import parse_duration
+    from agent.durations import parse_duration
 
     cfg = _load(config_path)
     try:
@@ -369,19 +372,19 @@ def usage() -> None:
 @click.option("--since", help="Only records newer than this: 24h, 30m, 7d or an ISO-8601 time.")
 @click.option("-o", "--output", type=click.File("w"), default="-", help="File to write [default: stdout].")
 def usage_export(config_path: str | None, db: str | None, fmt: str, since: str | None, output: Any) -> None:
-    """Print usage records, one JSON object per line (jsonl) or CSV with a header."""
-    from agent.store import StoreError, export_records, open_database, parse_since
+    """Print usage records, one JSON object per line (jsonl) or CSV with a header.
 
-    cfg = _load(config_path, db=db)
+    Reads only: a database that does not exist yet is an error, not created."""
+    from agent.durations import parse_since
+    from agent.store.queries import export_records
+
     try:
         since_dt = parse_since(since) if since else None
     except ValueError as e:
         _fail(f"--since: {e}")
-    try:
-        database = open_database(cfg.db)
-    except StoreError as e:
-        _fail(str(e))
-    n = export_records(database, output, fmt=fmt, since=since_dt)
+    _, database = _open(config_path, db)
+    with _db_errors(database, "reading usage records from"):
+        n = export_records(database, output, fmt=fmt, since=since_dt)
     click.echo(f"{n} record(s) exported", err=True)
 
 
@@ -483,15 +486,33 @@ def db() -> None:
     """Manage the usage database."""
 
 
-def _open(config_path: str | None, db_url: str | None):
-    from agent.store import StoreError, open_database
+def _open(config_path: str | None, db_url: str | None, *, create: bool = False) -> tuple[Config, Database]:
+    """The configured database. Only `db migrate` (create=True) makes one: for the other
+    commands a missing database, or one without the usage tables, is a one-line error."""
+    from agent.store.database import StoreError, open_database, require_schema
 
     cfg = _load(config_path, db=db_url)
     try:
-        return cfg, open_database(cfg.db)
+        database = open_database(cfg.db, create=create)
+        if not create:
+            require_schema(database)
     except StoreError as e:
         _fail(str(e))
-        raise
+    return cfg, database
+
+
+@contextlib.contextmanager
+def _db_errors(database: Database, doing: str) -> Iterator[None]:
+    """A failing query is one line naming the database, then exit 2; closes it either way."""
+    from agent.store.database import StoreError, errors_as_store_error
+
+    try:
+        with errors_as_store_error(database, doing):
+            yield
+    except StoreError as e:
+        _fail(str(e))
+    finally:
+        database.close()
 
 
 @db.command("migrate")
@@ -499,30 +520,50 @@ def _open(config_path: str | None, db_url: str | None):
 @click.option("--db", "db_url", help="Usage store URL [default: from config].")
 def db_migrate(config_path: str | None, db_url: str | None) -> None:
     """Create or upgrade the schema (the sidecar also does this at start)."""
-    from agent.store import StoreError, migrate
+    from agent.store.database import migrate, redact_url
 
-    cfg, database = _open(config_path, db_url)
-    try:
+    cfg, database = _open(config_path, db_url, create=True)
+    with _db_errors(database, "migrating"):
         version = migrate(database)
-    except StoreError as e:
-        _fail(str(e))
-    click.echo(f"{cfg.db}: schema version {version}")
+    click.echo(f"{redact_url(cfg.db)}: schema version {version}")
 
 
 @db.command("prune")
 @CONFIG_OPTION
 @click.option("--db", "db_url", help="Usage store URL [default: from config].")
 @click.option("--older-than", required=True, help="Delete records older than this, e.g. 30d.")
-def db_prune(config_path: str | None, db_url: str | None, older_than: str) -> None:
-    """Delete old usage records."""
-    from agent.store import parse_duration, prune
+@click.option("--yes", is_flag=True, help="Do not ask, even when every record would be deleted.")
+@click.option("--dry-run", is_flag=True, help="Only count the records that would be deleted.")
+def db_prune(config_path: str | None, db_url: str | None, older_than: str, yes: bool, dry_run: bool) -> None:
+    """Delete usage records older than --older-than.
+
+    Asks first when that would delete every record. Upgrades the schema first, as the
+    sidecar does at start, so no id of a deleted record is handed out again."""
+    from agent.durations import parse_duration
+    from agent.records import utcnow
+    from agent.store.database import describe, migrate
+    from agent.store.queries import count_records, delete_records
 
     try:
-        age = parse_duration(older_than)
-    except ValueError as e:
+        cutoff = utcnow() - parse_duration(older_than)
+    except (ValueError, OverflowError) as e:
         _fail(f"--older-than: {e}")
     _, database = _open(config_path, db_url)
-    click.echo(f"{prune(database, age)} record(s) deleted")
+    when = cutoff.strftime("%Y-%m-%d %H:%M:%S UTC")
+    with _db_errors(database, "pruning"):
+        matching, total = count_records(database, before=cutoff), count_records(database)
+        if dry_run:
+            click.echo(f"{matching} of {total} record(s) are older than {when}: nothing deleted (--dry-run)")
+            return
+        if matching and matching == total and not yes:
+            click.confirm(
+                f"Delete {matching} of {total} usage records in {describe(database)}: "
+                f"every record, all older than {when}?",
+                abort=True,
+            )
+        migrate(database)
+        n = delete_records(database, before=cutoff)
+    click.echo(f"{n} record(s) deleted")
 
 
 @db.command("reset")
@@ -530,15 +571,17 @@ def db_prune(config_path: str | None, db_url: str | None, older_than: str) -> No
 @click.option("--db", "db_url", help="Usage store URL [default: from config].")
 @click.option("--yes", is_flag=True, help="Do not ask.")
 def db_reset(config_path: str | None, db_url: str | None, yes: bool) -> None:
-    """Delete every usage record."""
-    from agent.store import UsageLog, migrate
+    """Delete every usage record (ids keep counting up from the last one)."""
+    from agent.store.database import describe, migrate
+    from agent.store.queries import count_records, delete_records
 
-    cfg, database = _open(config_path, db_url)
-    if not yes:
-        click.confirm(f"Delete every usage record in {cfg.db}?", abort=True)
-    migrate(database)
-    with database.bind_ctx([UsageLog]):
-        n = UsageLog.delete().execute()
+    _, database = _open(config_path, db_url)
+    with _db_errors(database, "resetting"):
+        if not yes:
+            total = count_records(database)
+            click.confirm(f"Delete all {total} usage records in {describe(database)}?", abort=True)
+        migrate(database)
+        n = delete_records(database)
     click.echo(f"{n} record(s) deleted")
 
 

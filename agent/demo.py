@@ -25,7 +25,7 @@ from agent.config import Config
 from agent.mock_upstream import SimulatedLLM
 from agent.records import UsageRecord
 from agent.runtime import Sidecar, StartupError
-from agent.store import get_record
+from agent.store.queries import get_record
 
 MODEL = "llama3.2"
 TEAMS = {"alice": "ml", "bob": "search", "carol": "ml"}
@@ -187,7 +187,7 @@ async def run_demo(*, listen: str, ops_listen: str, db: str, count: int, exit_af
                 ids.append(rid)
                 print(f"  [{i:>2}/{len(calls)}] {call.label:<32} HTTP {status}  {ms:7.1f} ms")
         await asyncio.to_thread(sidecar.store.flush)
-        from agent.store import open_database
+        from agent.store.database import open_database
 
         database = open_database(db)
         records = [r for r in (get_record(database, rid) for rid in ids) if r is not None]

@@ -27,7 +27,8 @@ from addons.record import Recorder
 from agent.auth import AuthSettings, KeyConfigError, Verifier
 from agent.config import Config, parse_size
 from agent.dispatch import HookIndex, SidecarOptions, use_inline_hooks
-from agent.store import StoreError, UsageStore, redact_url
+from agent.store.database import StoreError, redact_url
+from agent.store.writer import UsageStore
 from ops_api.app import build_app
 
 log = logging.getLogger("sidemeter")
