@@ -51,7 +51,10 @@ def client_message(status: int, detail: str, host: str = "") -> str:
     if status == 502:
         if (unresolved := unresolved_host(detail, host)) is not None:
             return unresolved
-        if "connect" in detail.lower() or "refused" in detail.lower():
+        low = detail.lower()
+        # "Connect call failed", "Connection refused", ...; not "Server disconnected." (it answered the
+        # connection, then hung up without a response: that is failing to answer).
+        if ("connect" in low and "disconnect" not in low) or "refused" in low or "unreachable" in low:
             return "the LLM server behind the sidecar is unreachable; check that it is running"
         return "the LLM server behind the sidecar failed to answer"
     return detail

@@ -160,8 +160,9 @@ class Sidecar:
         # Auth right after the error pages and before Meter: it reads Authorization before anything
         # strips it, and a flow it answers with 401 never goes upstream (Meter sees flow.response).
         ours = (DialectErrors(), Auth(self.auth_settings, self.verifier), Meter(), self.recorder)
-        # Before any addon: the stock manager looks handlers up per event.
-        master.addons = HookIndex(master, on_error=_when_ours_fails(ours))
+        index = HookIndex(master)  # before any addon: the stock manager looks handlers up per event
+        index.on_error = _when_ours_fails(ours)
+        master.addons = index
         if self._release_hooks is None:
             self._release_hooks = use_inline_hooks()  # before the servers accept a connection
         lifecycle = _Lifecycle()

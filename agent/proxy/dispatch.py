@@ -61,13 +61,13 @@ class HookIndex(AddonManager):
 
     Behaves like the stock manager for addons added, registered or removed through it (the
     index is rebuilt after each change). One difference, deliberate: an addon whose handler
-    raises does not skip its own sub-addons' handlers for that event. `on_error`, when given,
+    raises does not skip its own sub-addons' handlers for that event. `on_error`, when set,
     hears of every exception a handler raised (the stock manager only logs it)."""
 
-    def __init__(self, master: Any, on_error: HandlerError | None = None) -> None:
+    def __init__(self, master: Any) -> None:
         super().__init__(master)
         self._index: dict[str, tuple[Handler, ...]] = {}
-        self.on_error = on_error
+        self.on_error: HandlerError | None = None
 
     def handlers(self, name: str) -> tuple[Handler, ...]:
         """The callables that handle event `name`, in chain order (sub-addons after their parent)."""

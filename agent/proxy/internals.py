@@ -27,8 +27,7 @@ from mitmproxy import http, optmanager, version
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import commands, mode_servers, server
-from mitmproxy.proxy.layers.http import _http1
-from mitmproxy.proxy.layers.http._events import ResponseProtocolError
+from mitmproxy.proxy.layers.http import ResponseProtocolError, _http1
 
 MITMPROXY_VERSION = version.VERSION
 
@@ -247,7 +246,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     ),
     Requirement(
         "protocol-error-event",
-        "`mitmproxy.proxy.layers.http._events.ResponseProtocolError(stream_id, message, code)` has "
+        "`mitmproxy.proxy.layers.http.ResponseProtocolError(stream_id, message, code)` has "
         "`.message` and a `.code` that maps to an HTTP status",
         _protocol_error_holds,
         "install_error_pages (addons/errors.py's JSON error pages)",
