@@ -176,12 +176,10 @@ def _options_dict_holds() -> bool:
     opts = optmanager.OptManager()
     opts.add_option("probe", int, 1, "probe")
     option = opts.__dict__["_options"]["probe"]
-    return (
-        option.value is optmanager.unset
-        and option._default == 1
-        and option.current() == 1
-        and opts.__dict__["_options"] is not None
-    )
+    read = OptionValue("probe").__get__
+    at_default = option.value is optmanager.unset and option._default == 1 and read(opts) == 1
+    opts.update(probe=2)
+    return at_default and option.value == 2 and read(opts) == opts.probe == 2
 
 
 def _option_value_after_update_holds() -> bool:
@@ -189,7 +187,8 @@ def _option_value_after_update_holds() -> bool:
     opts.add_option("probe", list, [], "probe")
     opts.update(probe=["x"])
     option = opts.__dict__["_options"]["probe"]
-    return option.value == ["x"] and option.current() == ["x"] and option.current() is not option.value
+    copy = OptionValue("probe").__get__(opts)
+    return option.value == ["x"] and copy == ["x"] and copy is not option.value
 
 
 def _http1_send_holds() -> bool:
