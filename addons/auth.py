@@ -20,9 +20,10 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from addons import headers as hdr
-from addons.meter import record_of
+from addons.flowstate import record_of
 from agent.auth import AuthError, AuthSettings, KeyConfigError, Verifier
 from agent.metrics import AUTH_FAILURES
+from agent.records import REQUEST_ID_HEADER, Outcome
 from agent.wire import classify, error_body
 
 log = logging.getLogger("sidemeter.auth")
@@ -207,7 +208,7 @@ class Auth:
 
     def _refuse(self, flow: http.HTTPFlow, error: AuthError) -> None:
         rec = record_of(flow)
-        rec.outcome, rec.error, rec.status = "rejected", error.reason, 401
+        rec.outcome, rec.error, rec.status = Outcome.REJECTED, error.reason, 401
         AUTH_FAILURES.labels(error.reason).inc()
         dialect, _ = classify(flow.request.method, flow.request.path)
         body = error_body(dialect, 401, f"authentication failed: {error.description}", "authentication_error")
@@ -217,7 +218,7 @@ class Auth:
             {
                 "Content-Type": "application/json",
                 "WWW-Authenticate": www_authenticate(error),
-                "X-Request-ID": rec.request_id,
+                REQUEST_ID_HEADER: rec.request_id,
             },
         )
         log.debug("request %s refused: %s", rec.request_id, error.reason)

@@ -23,7 +23,7 @@ import aiohttp
 from agent.auth import SigningKey, issue_token
 from agent.config import Config
 from agent.mock_upstream import SimulatedLLM
-from agent.records import UsageRecord
+from agent.records import REQUEST_ID_HEADER, Dialect, UsageRecord
 from agent.runtime import Sidecar, StartupError
 from agent.store.queries import get_record
 
@@ -103,7 +103,7 @@ async def send(
 ) -> tuple[str, int, float]:
     rid = uuid.uuid4().hex
     t0 = time.perf_counter()
-    headers = {"X-Request-ID": rid}
+    headers = {REQUEST_ID_HEADER: rid}
     if call.user is not None:
         headers["Authorization"] = f"Bearer {tokens[call.user]}"
     async with session.post(url + call.path, json=call.body, headers=headers) as resp:
@@ -165,7 +165,7 @@ async def _start_sidecar(cfg: Config) -> Sidecar:
 
 
 async def run_demo(*, listen: str, ops_listen: str, db: str, count: int, exit_after: bool) -> None:
-    sim = SimulatedLLM("ollama", token_delay=0.01)
+    sim = SimulatedLLM(Dialect.OLLAMA, token_delay=0.01)
     upstream = await sim.start()
     # Ephemeral: lives as long as this process, so the demo's tokens are worthless afterwards.
     secret = secrets.token_urlsafe(48)

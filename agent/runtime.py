@@ -15,18 +15,20 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from mitmproxy import hooks, http
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
 from addons.auth import Auth
-from addons.errors import DialectErrors
+from addons.errors import DialectErrors, sidecar_failed
 from addons.meter import Meter
 from addons.record import Recorder
 from agent.auth import AuthSettings, KeyConfigError, Verifier
 from agent.config import Config, parse_size
-from agent.dispatch import HookIndex, SidecarOptions, use_inline_hooks
+from agent.proxy.dispatch import HandlerError, HookIndex, SidecarOptions, use_inline_hooks
 from agent.store.database import StoreError, redact_url
 from agent.store.writer import UsageStore
 from ops_api.app import build_app
@@ -156,7 +158,12 @@ class Sidecar:
         cfg = self.config
         opts = SidecarOptions()
         master = Master(opts)
-        master.addons = HookIndex(master)  # before any addon: the stock one looks handlers up per event
+        # Auth right after the error pages and before Meter: it reads Authorization before anything
+        # strips it, and a flow it answers with 401 never goes upstream (Meter sees flow.response).
+        ours = (DialectErrors(), Auth(self.auth_settings, self.verifier), Meter(), self.recorder)
+        index = HookIndex(master)  # before any addon: the stock manager looks handlers up per event
+        index.on_error = _when_ours_fails(ours)
+        master.addons = index
         if self._release_hooks is None:
             self._release_hooks = use_inline_hooks()  # before the servers accept a connection
         lifecycle = _Lifecycle()
@@ -164,10 +171,7 @@ class Sidecar:
         stock: list[object] = [core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer()]
         if cfg.upstream.startswith("https:"):
             stock.append(tlsconfig.TlsConfig())
-        # Auth right after the error pages and before Meter: it reads Authorization before anything
-        # strips it, and a flow it answers with 401 never goes upstream (Meter sees flow.response).
-        auth = Auth(self.auth_settings, self.verifier)
-        master.addons.add(*stock, DialectErrors(), auth, Meter(), self.recorder, lifecycle)
+        master.addons.add(*stock, *ours, lifecycle)
         host, port = cfg.listen_address
         # Addon options exist only once the addons are loaded, so they are set now.
         opts.update(
@@ -258,6 +262,21 @@ class Sidecar:
             self.store.written_total,
             self.store.spilled_total,
         )
+
+
+def _when_ours_fails(ours: tuple[object, ...]) -> HandlerError:
+    """What HookIndex calls when a handler raised: for a flow hook of one of `ours`, the flow
+    is the sidecar's own failure (another addon's crash is only logged, as mitmproxy does)."""
+
+    def on_error(handler: Any, event: hooks.Hook, exc: Exception) -> None:
+        addon = getattr(handler, "__self__", None)
+        if not any(addon is mine for mine in ours):
+            return
+        args = event.args()
+        if args and isinstance(args[0], http.HTTPFlow):
+            sidecar_failed(args[0], event.name, type(addon).__name__, exc)
+
+    return on_error
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
