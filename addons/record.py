@@ -11,6 +11,7 @@ from mitmproxy.addonmanager import Loader
 
 from addons.meter import record_of
 from agent.records import UsageRecord
+from agent.settings import declare_options
 from agent.store import UsageStore
 
 OPEN = "sidemeter.open"
@@ -33,12 +34,7 @@ class Recorder:
         self.listeners: list[Callable[[UsageRecord], None]] = []
 
     def load(self, loader: Loader) -> None:
-        loader.add_option(
-            "sidemeter_db",
-            str,
-            "sqlite:///data/usage.db",
-            "Usage store URL, used when the recorder runs standalone under mitmdump.",
-        )
+        declare_options(loader, "store")  # sidemeter_db
 
     def running(self) -> None:
         if self.store is None:

@@ -15,19 +15,12 @@ from cryptography.x509.oid import NameOID
 
 from addons.auth import www_authenticate
 from agent import config as configmod
-from agent.auth import (
-    REASONS,
-    AuthError,
-    AuthSettings,
-    KeyConfigError,
-    SigningKey,
-    StaticKey,
-    VerificationKey,
-    Verifier,
-    issue_token,
-    load_public_key,
-    parse_jwks,
-)
+from agent.auth.errors import REASONS, AuthError, KeyConfigError
+from agent.auth.issue import SigningKey, issue_token
+from agent.auth.jwks import StaticKey
+from agent.auth.keys import VerificationKey, load_public_key, parse_jwks
+from agent.auth.settings import AuthSettings
+from agent.auth.verify import Verifier
 from agent.config import Config, ConfigError
 
 PUBLIC = (serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
