@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -413,7 +414,7 @@ SETTINGS: tuple[Setting, ...] = (
         "upstream_api_key",
         str,
         None,
-        "Sent upstream as Authorization: Bearer <key> (vLLM --api-key) instead of the client's; "
+        "Sent upstream as Authorization: Bearer KEY (vLLM --api-key) instead of the client's; "
         "SIDEMETER_UPSTREAM_API_KEY keeps it off the command line.",
         "auth",
         secret=True,
@@ -582,7 +583,6 @@ def config_file_text(values: Mapping[str, Any] | None = None, *, title: str = ""
         "",
     ]
     for s in CONFIG_SETTINGS:
-        lines.append(f"# {s.help}")
         where = [f"env {s.env}"]
         if s.flag_for:
             where.append(f"flag {s.flag}")
@@ -590,7 +590,9 @@ def config_file_text(values: Mapping[str, Any] | None = None, *, title: str = ""
             where.append(f"mitmproxy option {s.option}")
         if s.secret:
             where.append("secret: masked by `sidemeter config show`")
-        lines.append(f"# {'; '.join(where)}; default: {shown_default(s)}")
+        where.append(f"default: {shown_default(s) if s.default is not None else 'unset'}")
+        lines += textwrap.wrap(s.help, 98, initial_indent="# ", subsequent_indent="# ")
+        lines += textwrap.wrap("; ".join(where), 98, initial_indent="# ", subsequent_indent="#   ")
         value = values.get(s.name, s.default)
         if value is None:
             lines.append(f'# {s.name} = ""')
