@@ -103,14 +103,19 @@ def seconds_or_zero(key: str, value: Any) -> None:
         raise ConfigError(f"{key}: must be 0 or more seconds, got {value!r}")
 
 
-def upstream_url(key: str, value: Any) -> None:
+def _require_http_url(key: str, value: str, use: str) -> str:
+    """The URL's path; ConfigError (ending with `use`, what to give instead) unless http(s) with a host."""
     u = urlsplit(value)
     if u.scheme not in ("http", "https") or not u.hostname:
-        raise ConfigError(
-            f"{key}: {value!r} is not an http(s) URL; "
-            "use e.g. http://127.0.0.1:11434 (Ollama) or http://127.0.0.1:8000 (vLLM)"
-        )
-    if u.path not in ("", "/"):
+        raise ConfigError(f"{key}: {value!r} is not an http(s) URL; {use}")
+    return u.path
+
+
+def upstream_url(key: str, value: Any) -> None:
+    path = _require_http_url(
+        key, value, "use e.g. http://127.0.0.1:11434 (Ollama) or http://127.0.0.1:8000 (vLLM)"
+    )
+    if path not in ("", "/"):
         raise ConfigError(
             f"{key}: {value!r} has a path; give the server's base URL only "
             "(clients keep sending /v1/... or /api/... themselves)"
@@ -118,12 +123,11 @@ def upstream_url(key: str, value: Any) -> None:
 
 
 def jwks_address(key: str, value: Any) -> None:
-    u = urlsplit(value)
-    if u.scheme not in ("http", "https") or not u.hostname:
-        raise ConfigError(
-            f"{key}: {value!r} is not an http(s) URL; use your identity provider's JWKS address, "
-            "e.g. https://idp.example.com/.well-known/jwks.json"
-        )
+    _require_http_url(
+        key,
+        value,
+        "use your identity provider's JWKS address, e.g. https://idp.example.com/.well-known/jwks.json",
+    )
 
 
 def database_url(key: str, value: Any) -> None:
@@ -151,8 +155,8 @@ class Setting:
     name: str
     type: type
     default: Any
+    group: str  # the addon or part of the sidecar it belongs to: proxy, auth, store, meter
     help: str
-    group: str
     secret: bool = False
     choices: tuple[str, ...] = ()
     checks: tuple[Check, ...] = ()
@@ -221,272 +225,99 @@ def _coerce(kind: type, raw: Any) -> Any:
 
 _AUTH_FLAGS = (RUN, TOKEN_VERIFY)
 
+# One row per setting, in the order `config init`, --help and the README list them.
+# fmt: off
 SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "upstream",
-        str,
-        "http://127.0.0.1:11434",
-        "URL of the LLM server the sidecar relays to (Ollama, vLLM, llama.cpp).",
-        "proxy",
-        checks=(upstream_url,),
-        flag_for=(RUN,),
-        metavar="URL",
-    ),
-    Setting(
-        "listen",
-        str,
-        "0.0.0.0:8080",
-        "HOST:PORT clients send LLM requests to.",
-        "proxy",
-        checks=(host_port,),
-        flag_for=(RUN,),
-        metavar="HOST:PORT",
-    ),
-    Setting(
-        "ops_listen",
-        str,
-        "0.0.0.0:9090",
-        "HOST:PORT of the ops API (health, stats, /metrics).",
-        "proxy",
-        checks=(host_port,),
-        flag_for=(RUN,),
-        metavar="HOST:PORT",
-    ),
-    Setting(
-        "db",
-        str,
-        "sqlite:///data/usage.db",
-        "Usage store URL: sqlite:///relative.db, sqlite:////abs.db, postgresql://...",
-        "store",
-        checks=(database_url,),
-        flag_for=(RUN,),
-        metavar="URL",
-        mitmproxy=True,
-    ),
-    Setting(
-        "auth",
-        str,
-        "jwt",
-        "jwt: every request needs a valid bearer JWT; off: no authentication (say so explicitly), "
-        "the user is taken from X-User-Id or is 'anonymous'.",
-        "auth",
-        choices=("jwt", "off"),
-        flag_for=(RUN,),
-        mitmproxy=True,
-    ),
-    Setting(
-        "jwt_secret",
-        str,
-        None,
-        "Shared secret for HS256/384/512 tokens. Command lines are visible to other users: "
-        "prefer SIDEMETER_JWT_SECRET or jwt_secret_file.",
-        "auth",
-        secret=True,
-        flag_for=(RUN,),
-        metavar="SECRET",
-        mitmproxy=True,
-    ),
-    Setting(
-        "jwt_secret_file",
-        str,
-        None,
-        "File holding the shared HS256/384/512 secret (surrounding whitespace ignored).",
-        "auth",
-        flag_for=_AUTH_FLAGS,
-        metavar="FILE",
-        path=True,
-        mitmproxy=True,
-    ),
-    Setting(
-        "jwt_public_key",
-        str,
-        None,
-        "PEM public key (or certificate) file: RSA for RS*/PS*, EC for ES*, Ed25519 for EdDSA tokens.",
-        "auth",
-        flag_for=_AUTH_FLAGS,
-        metavar="FILE",
-        path=True,
-        mitmproxy=True,
-    ),
-    Setting(
-        "jwks_url",
-        str,
-        None,
-        "URL of the identity provider's JWKS; cached, refreshed, refetched when a token names a new kid.",
-        "auth",
-        checks=(jwks_address,),
-        flag_for=_AUTH_FLAGS,
-        metavar="URL",
-        mitmproxy=True,
-    ),
-    Setting(
-        "jwks_file",
-        str,
-        None,
-        "Local JWKS (JSON) file of public keys.",
-        "auth",
-        flag_for=_AUTH_FLAGS,
-        metavar="FILE",
-        path=True,
-        mitmproxy=True,
-    ),
-    Setting(
-        "jwks_refresh",
-        int,
-        300,
-        "Seconds a fetched JWKS is used before it is fetched again.",
-        "auth",
-        checks=(positive,),
-        mitmproxy=True,
-    ),
-    Setting(
-        "jwt_audience",
-        str,
-        None,
-        "Required token audience (aud); several accepted values separated by commas.",
-        "auth",
-        flag_for=_AUTH_FLAGS,
-        metavar="AUD",
-        mitmproxy=True,
-    ),
-    Setting(
-        "jwt_issuer",
-        str,
-        None,
-        "Required token issuer (iss).",
-        "auth",
-        flag_for=_AUTH_FLAGS,
-        metavar="ISS",
-        mitmproxy=True,
-    ),
-    Setting(
-        "jwt_leeway",
-        int,
-        30,
-        "Seconds of clock skew allowed when checking exp, nbf and iat.",
-        "auth",
-        checks=(seconds_or_zero,),
-        flag_for=_AUTH_FLAGS,
-        metavar="S",
-        mitmproxy=True,
-    ),
-    Setting(
-        "team_claim",
-        str,
-        "team",
-        "Token claim that names the caller's team (a dotted path reaches nested claims).",
-        "auth",
-        checks=(names_a_claim,),
-        flag_for=_AUTH_FLAGS,
-        metavar="CLAIM",
-        mitmproxy=True,
-    ),
-    Setting(
-        "require_user_match",
-        bool,
-        False,
-        "Refuse requests whose X-User-Id header, when sent, differs from the token's sub.",
-        "auth",
-        flag_for=(RUN,),
-        mitmproxy=True,
-    ),
-    Setting(
-        "max_token_bytes",
-        int,
-        8192,
-        "Largest bearer token accepted, in bytes.",
-        "auth",
-        checks=(positive,),
-        flag_for=(RUN,),
-        metavar="N",
-        mitmproxy=True,
-    ),
-    Setting(
-        "forward_authorization",
-        bool,
-        False,
-        "Forward the client's Authorization header to the upstream (removed by default).",
-        "auth",
-        flag_for=(RUN,),
-        mitmproxy=True,
-    ),
-    Setting(
-        "upstream_api_key",
-        str,
-        None,
-        "Sent upstream as Authorization: Bearer KEY (vLLM --api-key) instead of the client's; "
-        "SIDEMETER_UPSTREAM_API_KEY keeps it off the command line.",
-        "auth",
-        secret=True,
-        flag_for=(RUN,),
-        metavar="KEY",
-        mitmproxy=True,
-    ),
-    Setting(
-        "grace_period",
-        float,
-        30.0,
-        "Seconds a SIGTERM waits for in-flight requests and streams to finish.",
-        "proxy",
-        checks=(positive,),
-        flag_for=(RUN,),
-        metavar="S",
-    ),
-    Setting(
-        "queue_size",
-        int,
-        10_000,
-        "Records held in memory for the writer; beyond it they spill to data_dir/spill.",
-        "store",
-        checks=(positive,),
-    ),
-    Setting("batch_size", int, 500, "Records written per transaction.", "store", checks=(positive,)),
-    Setting(
-        "capture_prompts",
-        bool,
-        False,
-        "Store prompt text on usage records (off by default: prompts may be private).",
-        "meter",
-        flag_for=(RUN,),
-        mitmproxy=True,
-    ),
-    Setting(
-        "inject_usage",
-        bool,
-        True,
-        "Ask OpenAI-compatible upstreams for usage on streams (stream_options.include_usage) "
-        "and remove the added usage chunk before it reaches a client that did not ask for it.",
-        "meter",
-        mitmproxy=True,
-        config=False,
-    ),
-    Setting(
-        "body_size_limit",
-        str,
-        "32m",
-        "Largest request body accepted (k/m/g suffixes); larger gets 413.",
-        "proxy",
-        checks=(size,),
-    ),
-    Setting(
-        "data_dir",
-        str,
-        "data",
-        "Directory for spill files and the proxy's runtime state.",
-        "proxy",
-        flag_for=(RUN,),
-        metavar="DIR",
-    ),
-    Setting(
-        "log_level",
-        str,
-        "info",
-        "How much the sidecar logs: debug, info, warning or error.",
-        "proxy",
-        choices=("debug", "info", "warning", "error"),
-        flag_for=(RUN,),
-    ),
+    # -- proxy: where the sidecar listens and what it relays to
+    Setting("upstream", str, "http://127.0.0.1:11434", "proxy",
+            "URL of the LLM server the sidecar relays to (Ollama, vLLM, llama.cpp).",
+            checks=(upstream_url,), flag_for=(RUN,), metavar="URL"),
+    Setting("listen", str, "0.0.0.0:8080", "proxy",
+            "HOST:PORT clients send LLM requests to.",
+            checks=(host_port,), flag_for=(RUN,), metavar="HOST:PORT"),
+    Setting("ops_listen", str, "0.0.0.0:9090", "proxy",
+            "HOST:PORT of the ops API (health, stats, /metrics).",
+            checks=(host_port,), flag_for=(RUN,), metavar="HOST:PORT"),
+    Setting("db", str, "sqlite:///data/usage.db", "store",
+            "Usage store URL: sqlite:///relative.db, sqlite:////abs.db, postgresql://...",
+            checks=(database_url,), flag_for=(RUN,), metavar="URL", mitmproxy=True),
+    # -- auth: who may call, and what happens to the client's credentials
+    Setting("auth", str, "jwt", "auth",
+            "jwt: every request needs a valid bearer JWT; off: no authentication (say so explicitly), "
+            "the user is taken from X-User-Id or is 'anonymous'.",
+            choices=("jwt", "off"), flag_for=(RUN,), mitmproxy=True),
+    Setting("jwt_secret", str, None, "auth",
+            "Shared secret for HS256/384/512 tokens. Command lines are visible to other users: "
+            "prefer SIDEMETER_JWT_SECRET or jwt_secret_file.",
+            secret=True, flag_for=(RUN,), metavar="SECRET", mitmproxy=True),
+    Setting("jwt_secret_file", str, None, "auth",
+            "File holding the shared HS256/384/512 secret (surrounding whitespace ignored).",
+            flag_for=_AUTH_FLAGS, metavar="FILE", path=True, mitmproxy=True),
+    Setting("jwt_public_key", str, None, "auth",
+            "PEM public key (or certificate) file: RSA for RS*/PS*, EC for ES*, Ed25519 for EdDSA tokens.",
+            flag_for=_AUTH_FLAGS, metavar="FILE", path=True, mitmproxy=True),
+    Setting("jwks_url", str, None, "auth",
+            "URL of the identity provider's JWKS; cached, refreshed, refetched when a token names a new kid.",
+            checks=(jwks_address,), flag_for=_AUTH_FLAGS, metavar="URL", mitmproxy=True),
+    Setting("jwks_file", str, None, "auth",
+            "Local JWKS (JSON) file of public keys.",
+            flag_for=_AUTH_FLAGS, metavar="FILE", path=True, mitmproxy=True),
+    Setting("jwks_refresh", int, 300, "auth",
+            "Seconds a fetched JWKS is used before it is fetched again.",
+            checks=(positive,), mitmproxy=True),
+    Setting("jwt_audience", str, None, "auth",
+            "Required token audience (aud); several accepted values separated by commas.",
+            flag_for=_AUTH_FLAGS, metavar="AUD", mitmproxy=True),
+    Setting("jwt_issuer", str, None, "auth",
+            "Required token issuer (iss).",
+            flag_for=_AUTH_FLAGS, metavar="ISS", mitmproxy=True),
+    Setting("jwt_leeway", int, 30, "auth",
+            "Seconds of clock skew allowed when checking exp, nbf and iat.",
+            checks=(seconds_or_zero,), flag_for=_AUTH_FLAGS, metavar="S", mitmproxy=True),
+    Setting("team_claim", str, "team", "auth",
+            "Token claim that names the caller's team (a dotted path reaches nested claims).",
+            checks=(names_a_claim,), flag_for=_AUTH_FLAGS, metavar="CLAIM", mitmproxy=True),
+    Setting("require_user_match", bool, False, "auth",
+            "Refuse requests whose X-User-Id header, when sent, differs from the token's sub.",
+            flag_for=(RUN,), mitmproxy=True),
+    Setting("max_token_bytes", int, 8192, "auth",
+            "Largest bearer token accepted, in bytes.",
+            checks=(positive,), flag_for=(RUN,), metavar="N", mitmproxy=True),
+    Setting("forward_authorization", bool, False, "auth",
+            "Forward the client's Authorization header to the upstream (removed by default).",
+            flag_for=(RUN,), mitmproxy=True),
+    Setting("upstream_api_key", str, None, "auth",
+            "Sent upstream as Authorization: Bearer KEY (vLLM --api-key) instead of the client's; "
+            "SIDEMETER_UPSTREAM_API_KEY keeps it off the command line.",
+            secret=True, flag_for=(RUN,), metavar="KEY", mitmproxy=True),
+    # -- stopping, storing, metering
+    Setting("grace_period", float, 30.0, "proxy",
+            "Seconds a SIGTERM waits for in-flight requests and streams to finish.",
+            checks=(positive,), flag_for=(RUN,), metavar="S"),
+    Setting("queue_size", int, 10_000, "store",
+            "Records held in memory for the writer; beyond it they spill to data_dir/spill.",
+            checks=(positive,)),
+    Setting("batch_size", int, 500, "store",
+            "Records written per transaction.",
+            checks=(positive,)),
+    Setting("capture_prompts", bool, False, "meter",
+            "Store prompt text on usage records (off by default: prompts may be private).",
+            flag_for=(RUN,), mitmproxy=True),
+    Setting("inject_usage", bool, True, "meter",
+            "Ask OpenAI-compatible upstreams for usage on streams (stream_options.include_usage) "
+            "and remove the added usage chunk before it reaches a client that did not ask for it.",
+            config=False, mitmproxy=True),
+    Setting("body_size_limit", str, "32m", "proxy",
+            "Largest request body accepted (k/m/g suffixes); larger gets 413.",
+            checks=(size,)),
+    Setting("data_dir", str, "data", "proxy",
+            "Directory for spill files and the proxy's runtime state.",
+            flag_for=(RUN,), metavar="DIR"),
+    Setting("log_level", str, "info", "proxy",
+            "How much the sidecar logs: debug, info, warning or error.",
+            choices=("debug", "info", "warning", "error"), flag_for=(RUN,)),
 )
+# fmt: on
 
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 CONFIG_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.config)
