@@ -248,12 +248,12 @@ def token_issue(
         if not sep or not key:
             _fail(f"--claim {item!r}: use KEY=VALUE, e.g. --claim scope=chat")
         claims[key] = _claim_value(raw)
-    settings = AuthSettings.from_config(cfg)
+    auth = AuthSettings.from_config(cfg)
     try:
         if private_key:
             signing = SigningKey.from_private_key_file(private_key, kid)
         elif cfg.jwt_secret or cfg.jwt_secret_file:
-            signing = SigningKey.from_secret(load_secret(settings), kid)
+            signing = SigningKey.from_secret(load_secret(auth), kid)
         else:
             verifies_with = ", ".join(cfg.key_sources)
             _fail(
@@ -267,7 +267,7 @@ def token_issue(
             )
     except KeyConfigError as e:
         _fail(str(e))
-    audiences = settings.audiences
+    audiences = auth.audiences
     text = issue_token(
         signing,
         sub,
@@ -297,14 +297,14 @@ def token_verify(config_path: str | None, token_text: str | None, **flags: Any) 
     from agent.auth.verify import Verifier
 
     cfg = _load(config_path, **_given_flags(flags))
-    settings = AuthSettings.from_config(cfg)
-    if not settings.key_sources:
+    auth = AuthSettings.from_config(cfg)
+    if not auth.key_sources:
         _fail(
             "no key to verify with: configure jwt_secret (SIDEMETER_JWT_SECRET), jwt_secret_file, "
             "jwt_public_key, jwks_url or jwks_file (or pass --jwt-public-key, --jwks-url, ...)"
         )
     try:
-        verifier = Verifier.from_settings(settings)
+        verifier = Verifier.from_settings(auth)
     except KeyConfigError as e:
         _fail(str(e))
     text = token_text if token_text and token_text != "-" else sys.stdin.read()
