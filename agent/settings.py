@@ -19,6 +19,7 @@ sidecar always asks for usage; only a plain `mitmdump -s addons/meter.py` can sw
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Iterable, Mapping
@@ -371,8 +372,6 @@ def option_names(group_name: str) -> frozenset[str]:
 def read_options(options: Any, group_name: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The group's option values by setting name. An unset secret falls back to its
     `SIDEMETER_*` variable, which keeps it off mitmdump's command line."""
-    import os
-
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for s in group(group_name):
