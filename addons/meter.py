@@ -19,6 +19,7 @@ from addons import headers as hdr
 from addons.errors import unresolved_host
 from addons.flowstate import KEY, REQUEST_ID_KEY, start, state_of
 from agent.records import REQUEST_ID_HEADER, Operation, Outcome, UsageRecord, UsageSource
+from agent.settings import declare_options, option_names, read_options
 from agent.wire import (
     RequestInfo,
     StreamMeter,
@@ -79,25 +80,13 @@ class Meter:
         self.capture_prompts = False
 
     def load(self, loader: Loader) -> None:
-        loader.add_option(
-            "sidemeter_inject_usage",
-            bool,
-            True,
-            "Ask OpenAI-compatible upstreams for usage on streams (stream_options.include_usage) "
-            "and remove the added usage chunk before it reaches a client that did not ask for it.",
-        )
-        loader.add_option(
-            "sidemeter_capture_prompts",
-            bool,
-            False,
-            "Store the prompt text on each usage record. Off by default: prompts may be private.",
-        )
+        declare_options(loader, "meter")  # sidemeter_inject_usage, sidemeter_capture_prompts
 
     def configure(self, updated: set[str]) -> None:
-        if "sidemeter_inject_usage" in updated:
-            self.inject_usage = ctx.options.sidemeter_inject_usage
-        if "sidemeter_capture_prompts" in updated:
-            self.capture_prompts = ctx.options.sidemeter_capture_prompts
+        if updated & option_names("meter"):
+            values = read_options(ctx.options, "meter")
+            self.inject_usage = values["inject_usage"]
+            self.capture_prompts = values["capture_prompts"]
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         headers = flow.request.headers

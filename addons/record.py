@@ -11,6 +11,7 @@ from mitmproxy.addonmanager import Loader
 
 from addons.flowstate import state_of
 from agent.records import UsageRecord
+from agent.settings import declare_options
 from agent.store.writer import UsageStore
 
 
@@ -30,12 +31,7 @@ class Recorder:
         self.listeners: list[Callable[[UsageRecord], None]] = []
 
     def load(self, loader: Loader) -> None:
-        loader.add_option(
-            "sidemeter_db",
-            str,
-            "sqlite:///data/usage.db",
-            "Usage store URL, used when the recorder runs standalone under mitmdump.",
-        )
+        declare_options(loader, "store")  # sidemeter_db
 
     def running(self) -> None:
         if self.store is None:

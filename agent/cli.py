@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
-from agent import __version__
+from agent import __version__, settings
 from agent import config as configmod
 from agent.config import Config, ConfigError
 
@@ -30,39 +31,28 @@ CONFIG_OPTION = click.option(
 )
 
 
-def _key_options(*, secret: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The flags that say how bearer tokens are verified (shared by `run` and `token verify`)."""
-    file_path = click.Path(dir_okay=False)
-    opts = [
-        click.option(
-            "--jwt-secret-file", type=file_path, help="File holding the shared HS256/384/512 secret."
-        ),
-        click.option(
-            "--jwt-public-key",
-            type=file_path,
-            metavar="FILE",
-            help="PEM public key or certificate: RSA (RS*/PS*), EC (ES*) or Ed25519 (EdDSA) tokens.",
-        ),
-        click.option(
-            "--jwks-url", metavar="URL", help="Identity provider's JWKS URL (cached and refreshed)."
-        ),
-        click.option("--jwks-file", type=file_path, metavar="FILE", help="Local JWKS (JSON) file."),
-        click.option("--jwt-audience", metavar="AUD", help="Required audience (aud); commas for several."),
-        click.option("--jwt-issuer", metavar="ISS", help="Required issuer (iss)."),
-        click.option(
-            "--jwt-leeway", type=int, metavar="S", help="Clock skew allowed, seconds [default: 30]."
-        ),
-        click.option("--team-claim", metavar="CLAIM", help="Claim naming the team [default: team]."),
-    ]
-    if secret:
-        opts.insert(
-            0,
+def _setting_options(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The command's flags, from the settings table (agent/settings.py), with the real default
+    shown in --help. Only flags given on the command line override the file and the
+    environment: see `_given_flags`."""
+    opts = []
+    for s in settings.flags_for(command):
+        kind: Any = s.type
+        if s.choices:
+            kind = click.Choice(s.choices)
+        elif s.path:
+            kind = click.Path(dir_okay=False)
+        decls = [f"{s.flag}/--no-{s.flag[2:]}"] if s.type is bool else [s.flag]
+        opts.append(
             click.option(
-                "--jwt-secret",
-                metavar="SECRET",
-                help="Shared HS256/384/512 secret. Command lines are visible to other users: "
-                "prefer SIDEMETER_JWT_SECRET or --jwt-secret-file.",
-            ),
+                *decls,
+                s.name,
+                type=kind,
+                default=s.default,
+                metavar=s.metavar,
+                show_default=s.default is not None,
+                help=s.help,
+            )
         )
 
     def apply(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,6 +61,12 @@ def _key_options(*, secret: bool) -> Callable[[Callable[..., Any]], Callable[...
         return f
 
     return apply
+
+
+def _given_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The setting flags typed on the command line (a default must not override the config file)."""
+    ctx = click.get_current_context()
+    return {k: v for k, v in flags.items() if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
 
 
 def _fail(message: str) -> NoReturn:
@@ -124,43 +120,13 @@ def main() -> None:
 
 @main.command()
 @CONFIG_OPTION
-@click.option("--upstream", help="LLM server URL, e.g. http://127.0.0.1:11434 (Ollama) or :8000 (vLLM).")
-@click.option("--listen", help="HOST:PORT for clients [default: 0.0.0.0:8080].")
-@click.option("--ops-listen", help="HOST:PORT for the ops API [default: 0.0.0.0:9090].")
-@click.option("--db", help="Usage store URL [default: sqlite:///data/usage.db].")
-@click.option(
-    "--auth",
-    type=click.Choice(["jwt", "off"]),
-    help="jwt (default): every request needs a valid bearer JWT; off: no authentication.",
-)
-@_key_options(secret=True)
-@click.option(
-    "--require-user-match/--no-require-user-match",
-    default=None,
-    help="Refuse requests whose X-User-Id, when sent, differs from the token's sub.",
-)
-@click.option("--max-token-bytes", type=int, help="Largest bearer token accepted [default: 8192].")
-@click.option(
-    "--forward-authorization/--no-forward-authorization",
-    default=None,
-    help="Pass the client's Authorization header on to the LLM server (removed by default).",
-)
-@click.option(
-    "--upstream-api-key",
-    metavar="KEY",
-    help="Send Authorization: Bearer KEY to the LLM server (vLLM --api-key); "
-    "SIDEMETER_UPSTREAM_API_KEY keeps it off the command line.",
-)
-@click.option("--data-dir", help="Directory for spill files and runtime state [default: data].")
-@click.option("--grace-period", type=float, help="Seconds to let in-flight streams finish on SIGTERM.")
-@click.option("--capture-prompts/--no-capture-prompts", default=None, help="Store prompt text.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@_setting_options(settings.RUN)
 def run(config_path: str | None, **flags: Any) -> None:
     """Run the sidecar in front of an LLM server until SIGTERM or Ctrl-C."""
     _reexec_optimized()
     from agent.runtime import StartupError, new_event_loop, serve
 
-    cfg = _load(config_path, **flags)
+    cfg = _load(config_path, **_given_flags(flags))
     _setup_logging(cfg.log_level)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
@@ -266,7 +232,10 @@ def token_issue(
     Signed with the configured shared secret (HS256), or with --private-key. The configured
     jwt_audience and jwt_issuer are put in, so the token passes this sidecar's checks.
     """
-    from agent.auth import AuthSettings, KeyConfigError, SigningKey, issue_token, load_secret
+    from agent.auth.errors import KeyConfigError
+    from agent.auth.issue import SigningKey, issue_token
+    from agent.auth.keys import load_secret
+    from agent.auth.settings import AuthSettings
     from agent.durations import parse_duration
 
     cfg = _load(config_path)
@@ -282,12 +251,12 @@ def token_issue(
         if not sep or not key:
             _fail(f"--claim {item!r}: use KEY=VALUE, e.g. --claim scope=chat")
         claims[key] = _claim_value(raw)
-    settings = AuthSettings.from_config(cfg)
+    auth = AuthSettings.from_config(cfg)
     try:
         if private_key:
             signing = SigningKey.from_private_key_file(private_key, kid)
         elif cfg.jwt_secret or cfg.jwt_secret_file:
-            signing = SigningKey.from_secret(load_secret(settings), kid)
+            signing = SigningKey.from_secret(load_secret(auth), kid)
         else:
             verifies_with = ", ".join(cfg.key_sources)
             _fail(
@@ -301,7 +270,7 @@ def token_issue(
             )
     except KeyConfigError as e:
         _fail(str(e))
-    audiences = settings.audiences
+    audiences = auth.audiences
     text = issue_token(
         signing,
         sub,
@@ -321,22 +290,24 @@ def token_issue(
 
 @token.command("verify")
 @CONFIG_OPTION
-@_key_options(secret=False)
+@_setting_options(settings.TOKEN_VERIFY)
 @click.argument("token_text", metavar="[TOKEN]", required=False)
 def token_verify(config_path: str | None, token_text: str | None, **flags: Any) -> None:
     """Check TOKEN exactly as the sidecar would and print its claims (JSON), or the reason
     it fails (exit 1). Reads the token from stdin when TOKEN is - or left out."""
-    from agent.auth import AuthError, AuthSettings, KeyConfigError, Verifier
+    from agent.auth.errors import AuthError, KeyConfigError
+    from agent.auth.settings import AuthSettings
+    from agent.auth.verify import Verifier
 
-    cfg = _load(config_path, **flags)
-    settings = AuthSettings.from_config(cfg)
-    if not settings.key_sources:
+    cfg = _load(config_path, **_given_flags(flags))
+    auth = AuthSettings.from_config(cfg)
+    if not auth.key_sources:
         _fail(
             "no key to verify with: configure jwt_secret (SIDEMETER_JWT_SECRET), jwt_secret_file, "
             "jwt_public_key, jwks_url or jwks_file (or pass --jwt-public-key, --jwks-url, ...)"
         )
     try:
-        verifier = Verifier.from_settings(settings)
+        verifier = Verifier.from_settings(auth)
     except KeyConfigError as e:
         _fail(str(e))
     text = token_text if token_text and token_text != "-" else sys.stdin.read()
@@ -408,22 +379,7 @@ def config_init(path: str | None, force: bool) -> None:
     target = _config_file(path)
     if target.exists() and not force:
         _fail(f"{target} exists; pass --force to overwrite it")
-    lines = [
-        "# Sidemeter configuration. Every key can also be set as SIDEMETER_<KEY> or a flag.",
-        "",
-    ]
-    defaults = Config().to_dict()
-    for key in Config.field_names():
-        lines.append(f"# {Config.help_for(key)}")
-        value = defaults[key]
-        if value is None:
-            lines.append(f'# {key} = ""')
-        else:
-            import tomli_w
-
-            lines.append(tomli_w.dumps({key: value}).strip())
-        lines.append("")
-    target.write_text("\n".join(lines))
+    target.write_text(settings.config_file_text())
     click.echo(f"wrote {target}")
 
 
@@ -441,8 +397,19 @@ def config_show(config_path: str | None) -> None:
 @config_group.command("validate")
 @CONFIG_OPTION
 def config_validate(config_path: str | None) -> None:
-    """Check the config; exit non-zero with the reason when something cannot work."""
-    _load(config_path)
+    """Check the config as `run` would short of opening its ports: every value, the data directory,
+    the JWT key, the database. Prints every problem, one line each, and exits non-zero."""
+    from agent.runtime import preflight_problems
+
+    try:
+        cfg, problems = configmod.load_unchecked(config_path)
+    except ConfigError as e:
+        _fail(str(e))
+    problems = list(dict.fromkeys([*problems, *preflight_problems(cfg)]))
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(2)
     click.echo("config ok")
 
 

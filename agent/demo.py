@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from agent.auth import SigningKey, issue_token
+from agent.auth.issue import SigningKey, issue_token
 from agent.config import Config
 from agent.mock_upstream import SimulatedLLM
 from agent.records import REQUEST_ID_HEADER, Dialect, UsageRecord

@@ -34,7 +34,7 @@ from mitmproxy.proxy.layers.http import (
 from mitmproxy.test import tflow
 
 import agent.runtime
-from agent.auth import SigningKey, issue_token
+from agent.auth.issue import SigningKey, issue_token
 from agent.config import Config
 from agent.proxy.dispatch import HookIndex
 from agent.runtime import Sidecar, new_event_loop

@@ -12,7 +12,9 @@ from mitmproxy.test import taddons
 
 from addons.auth import Auth
 from addons.flowstate import state_of
-from agent.auth import AuthSettings, SigningKey, Verifier, issue_token
+from agent.auth.issue import SigningKey, issue_token
+from agent.auth.settings import AuthSettings
+from agent.auth.verify import Verifier
 from agent.metrics import REGISTRY
 from agent.records import Outcome
 from tests.addon_flows import llm_flow
@@ -27,7 +29,7 @@ def token(sub: str = "alice", team: str | None = "ml", **kw: object) -> str:
 
 @pytest.fixture
 async def jwt_auth() -> AsyncIterator[Auth]:
-    settings = AuthSettings(mode="jwt", jwt_secret=SECRET)
+    settings = AuthSettings(auth="jwt", jwt_secret=SECRET)
     addon = Auth(settings, Verifier.from_settings(settings))
     yield addon
     await addon.done()
@@ -109,7 +111,7 @@ async def test_an_answered_flow_is_left_alone(jwt_auth: Auth) -> None:
 
 
 async def test_auth_off_takes_the_user_header_at_its_word_within_reason() -> None:
-    addon = Auth(AuthSettings(mode="off"))
+    addon = Auth(AuthSettings(auth="off"))
     named = await call(
         addon, llm_flow(body=CHAT, headers={"X-User-Id": " erin ", "Authorization": "Bearer x"})
     )
@@ -122,10 +124,10 @@ async def test_auth_off_takes_the_user_header_at_its_word_within_reason() -> Non
 
 
 async def test_upstream_credentials_replace_or_join_the_clients() -> None:
-    keyed = Auth(AuthSettings(mode="off", upstream_api_key="vllm-key"))
+    keyed = Auth(AuthSettings(auth="off", upstream_api_key="vllm-key"))
     f = await call(keyed, llm_flow(body=CHAT, headers={"Authorization": "Bearer client"}))
     assert f.request.headers.get_all("Authorization") == ["Bearer vllm-key"]
-    forwarding = Auth(AuthSettings(mode="off", forward_authorization=True))
+    forwarding = Auth(AuthSettings(auth="off", forward_authorization=True))
     g = await call(forwarding, llm_flow(body=CHAT, headers={"Authorization": "Bearer client"}))
     assert g.request.headers["Authorization"] == "Bearer client"
 

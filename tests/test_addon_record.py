@@ -23,7 +23,9 @@ from addons.flowstate import state_of
 from addons.record import Recorder
 from agent.mock_upstream import SimulatedLLM
 from agent.records import Outcome, UsageRecord
-from agent.store import UsageStore, get_record, open_database
+from agent.store.database import open_database
+from agent.store.queries import get_record
+from agent.store.writer import UsageStore
 from tests.addon_flows import fail, llm_flow, respond
 
 ROOT = Path(__file__).resolve().parents[1]
