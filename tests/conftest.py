@@ -12,7 +12,8 @@ from agent.config import Config
 from agent.records import UsageRecord
 from agent.runtime import Sidecar
 from agent.sim import SimulatedLLM
-from agent.store import get_record, open_database
+from agent.store.database import open_database
+from agent.store.queries import get_record
 
 
 class RunningSidecar:

@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from agent.sim import SimulatedLLM
-from agent.store import get_record, open_database
+from agent.store.database import open_database
+from agent.store.queries import get_record
 from tests.conftest import RunningSidecar
 
 CLI = [sys.executable, "-m", "agent.cli"]
