@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -694,9 +695,11 @@ async def test_token_delay_paces_the_stream(make_sim: MakeSim) -> None:
     assert token_at[-1] - token_at[0] >= 0.3  # 7 gaps of 50 ms: delivered as produced, not at the end
 
 
-async def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, args: str) -> AsyncIterator[tuple[subprocess.Popen[str], str]]:
+    """`serve(args)` in a child process, and the line it announced itself with."""
     root = Path(__file__).resolve().parents[1]
-    code = "from agent.sim import serve; serve('ollama', '127.0.0.1', 0)"
+    code = f"from agent.sim import serve; serve({args})"
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
         stdout=subprocess.PIPE,
@@ -707,16 +710,20 @@ async def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        yield proc, await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
+    async with serving(tmp_path, "'ollama', '127.0.0.1', 0") as (proc, line):
         url = re.search(r"http://\S+", line)
         assert url is not None, line
         async with httpx.AsyncClient() as http:
             assert (await http.get(url.group(0) + "/api/version")).status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 # ------------------------------------------------------------------ the seams of agent.sim
@@ -789,23 +796,9 @@ def test_constructor_checks_are_unchanged() -> None:
     ("dialect", "flavor", "label"), [("openai", "vllm", "vLLM"), ("openai", "llamacpp", "llama.cpp")]
 )
 async def test_serve_announces_the_server(tmp_path: Path, dialect: str, flavor: str, label: str) -> None:
-    root = Path(__file__).resolve().parents[1]
-    code = f"from agent.sim import serve; serve({dialect!r}, '127.0.0.1', 0, flavor={flavor!r})"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(root)},
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+    async with serving(tmp_path, f"{dialect!r}, '127.0.0.1', 0, flavor={flavor!r}") as (proc, line):
         assert re.fullmatch(
             rf"simulated {re.escape(label)} server listening on http://127\.0\.0\.1:\d+\n", line
         )
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # at once: the handler is in place before the line
         assert await asyncio.to_thread(proc.wait, 20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
