@@ -14,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from addons import headers as hdr
-from addons.meter import record_of
-from agent.auth import AuthError, AuthSettings, KeyConfigError, Verifier
+from addons.flowstate import record_of
+from agent.auth.errors import AuthError, KeyConfigError
+from agent.auth.settings import AuthSettings
+from agent.auth.verify import Verifier
 from agent.metrics import AUTH_FAILURES
+from agent.records import REQUEST_ID_HEADER, Outcome
+from agent.settings import declare_options, option_names, read_options
 from agent.wire.errors import error_body
 from agent.wire.request import classify
 
@@ -32,25 +35,6 @@ USER_HEADER = "X-User-Id"
 USER_KEY = USER_HEADER.lower().encode()
 ANONYMOUS = "anonymous"
 MAX_UNVERIFIED_USER = 256  # X-User-Id is only trusted with --auth off; keep records sane anyway
-
-# mitmproxy option -> AuthSettings field; the option names carry the sidemeter_ prefix.
-_OPTIONS = (
-    "auth",
-    "jwt_secret",
-    "jwt_secret_file",
-    "jwt_public_key",
-    "jwks_url",
-    "jwks_file",
-    "jwt_audience",
-    "jwt_issuer",
-    "jwt_leeway",
-    "team_claim",
-    "require_user_match",
-    "max_token_bytes",
-    "jwks_refresh",
-    "forward_authorization",
-    "upstream_api_key",
-)
 
 
 def bearer_token(values: list[str]) -> str:
@@ -89,80 +73,12 @@ class Auth:
         self._closing: asyncio.Task[None] | None = None
 
     def load(self, loader: Loader) -> None:
-        add = loader.add_option
-        add(
-            "sidemeter_auth",
-            str,
-            "jwt",
-            "jwt: every request needs a valid bearer JWT. off: no authentication; the user is taken "
-            "from X-User-Id (or 'anonymous').",
-            choices=["jwt", "off"],
-        )
-        add(
-            "sidemeter_jwt_secret",
-            str | None,
-            None,
-            "Shared secret for HS256/384/512 tokens. Prefer the SIDEMETER_JWT_SECRET environment "
-            "variable or sidemeter_jwt_secret_file: command lines are visible to other users.",
-        )
-        add("sidemeter_jwt_secret_file", str | None, None, "File holding the HS256/384/512 secret.")
-        add(
-            "sidemeter_jwt_public_key",
-            str | None,
-            None,
-            "PEM public key (or certificate) file: RSA for RS*/PS*, EC for ES*, Ed25519 for EdDSA tokens.",
-        )
-        add(
-            "sidemeter_jwks_url",
-            str | None,
-            None,
-            "Identity provider's JWKS URL; cached, refreshed, and refetched when a token names a new kid.",
-        )
-        add("sidemeter_jwks_file", str | None, None, "Local JWKS (JSON) file of public keys.")
-        add(
-            "sidemeter_jwt_audience",
-            str | None,
-            None,
-            "Required token audience (aud); several accepted values separated by commas.",
-        )
-        add("sidemeter_jwt_issuer", str | None, None, "Required token issuer (iss).")
-        add("sidemeter_jwt_leeway", int, 30, "Seconds of clock skew allowed when checking exp, nbf and iat.")
-        add(
-            "sidemeter_team_claim",
-            str,
-            "team",
-            "Token claim naming the caller's team (dotted path for nested).",
-        )
-        add(
-            "sidemeter_require_user_match",
-            bool,
-            False,
-            "Refuse a request whose X-User-Id header, when sent, differs from the token's sub.",
-        )
-        add("sidemeter_max_token_bytes", int, 8192, "Largest bearer token accepted, in bytes.")
-        add("sidemeter_jwks_refresh", int, 300, "Seconds a fetched JWKS is used before it is fetched again.")
-        add(
-            "sidemeter_forward_authorization",
-            bool,
-            False,
-            "Forward the client's Authorization header to the upstream (removed by default).",
-        )
-        add(
-            "sidemeter_upstream_api_key",
-            str | None,
-            None,
-            "Send Authorization: Bearer <key> to the upstream (vLLM --api-key). "
-            "SIDEMETER_UPSTREAM_API_KEY works too and stays off the command line.",
-        )
+        declare_options(loader, "auth")
 
     def configure(self, updated: set[str]) -> None:
-        if not self._from_options or not any(f"sidemeter_{o}" in updated for o in _OPTIONS):
+        if not self._from_options or not updated & option_names("auth"):
             return
-        values = {o: getattr(ctx.options, f"sidemeter_{o}") for o in _OPTIONS}
-        values["mode"] = values.pop("auth")
-        for secret in ("jwt_secret", "upstream_api_key"):
-            values[secret] = values[secret] or os.environ.get(f"SIDEMETER_{secret.upper()}") or None
-        settings = AuthSettings(**values)
+        settings = AuthSettings(**read_options(ctx.options, "auth"))
         verifier = None
         if settings.enabled:
             try:
@@ -208,7 +124,7 @@ class Auth:
 
     def _refuse(self, flow: http.HTTPFlow, error: AuthError) -> None:
         rec = record_of(flow)
-        rec.outcome, rec.error, rec.status = "rejected", error.reason, 401
+        rec.outcome, rec.error, rec.status = Outcome.REJECTED, error.reason, 401
         AUTH_FAILURES.labels(error.reason).inc()
         dialect, _ = classify(flow.request.method, flow.request.path)
         body = error_body(dialect, 401, f"authentication failed: {error.description}", "authentication_error")
@@ -218,7 +134,7 @@ class Auth:
             {
                 "Content-Type": "application/json",
                 "WWW-Authenticate": www_authenticate(error),
-                "X-Request-ID": rec.request_id,
+                REQUEST_ID_HEADER: rec.request_id,
             },
         )
         log.debug("request %s refused: %s", rec.request_id, error.reason)

@@ -2,35 +2,60 @@
 
 When the upstream is unreachable or a body is over the limit, mitmproxy writes an HTML page
 that names internal addresses. Clients of an LLM API expect a JSON error they can parse
-(`{"error": {...}}` on /v1, `{"error": "..."}` on /api), so the HTTP/1 server's error path
-is wrapped to write one instead. mitmproxy has no hook for this: the wrapped method is the
-single place both majors (11 and 12) write those pages.
+(`{"error": {...}}` on /v1, `{"error": "..."}` on /api), so the HTTP/1 server writes one of
+ours instead (agent/proxy/internals.py: mitmproxy has no hook for this).
+
+When the sidecar's own addon code raises on a flow, `sidecar_failed` records it as the proxy's
+failure (outcome `proxy_error`) and answers a request that has not gone upstream yet with a 500,
+rather than sending it on half-handled (say, past an auth check that crashed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any
+from typing import Final
 
 from mitmproxy import http
-from mitmproxy.connection import ConnectionState
-from mitmproxy.net.http import http1, status_codes
-from mitmproxy.proxy import commands
-from mitmproxy.proxy.layers.http import _http1
-from mitmproxy.proxy.layers.http._events import ResponseProtocolError
+from mitmproxy.addonmanager import Loader
+from mitmproxy.net.http import http1
 
+from addons.flowstate import record_of
+from agent.proxy.internals import install_error_pages, remove_error_pages
+from agent.records import REQUEST_ID_HEADER, Outcome
 from agent.wire.errors import error_body
 from agent.wire.request import classify
 
-REQUEST_ID_HEADER = "X-Request-ID"
+# How the resolver says a host name does not exist (glibc, musl, macOS, Windows), lower-cased.
+UNRESOLVED: Final = (
+    "name or service not known",
+    "temporary failure in name resolution",
+    "no address associated with hostname",
+    "nodename nor servname provided",
+    "name does not resolve",
+    "getaddrinfo failed",
+)
 
 
-def client_message(status: int, detail: str) -> str:
-    """What the client is told: the cause, never the upstream's address."""
+def unresolved_host(detail: str, host: str) -> str | None:
+    """The message for an upstream whose host name does not resolve, or None when `detail`
+    (mitmproxy's error) says something else."""
+    low = detail.lower()
+    if not any(cause in low for cause in UNRESOLVED):
+        return None
+    return f"the LLM server behind the sidecar is unreachable: its host {host} does not resolve"
+
+
+def client_message(status: int, detail: str, host: str = "") -> str:
+    """What the client is told: the cause, never the upstream's address (but a host name that
+    does not resolve, which is the thing to fix)."""
     if status == 413:
         return "request body is larger than the sidecar accepts (body_size_limit)"
     if status == 502:
-        if "connect" in detail.lower() or "refused" in detail.lower():
+        if (unresolved := unresolved_host(detail, host)) is not None:
+            return unresolved
+        low = detail.lower()
+        # "Connect call failed", "Connection refused", ...; not "Server disconnected." (it answered the
+        # connection, then hung up without a response: that is failing to answer).
+        if ("connect" in low and "disconnect" not in low) or "refused" in low or "unreachable" in low:
             return "the LLM server behind the sidecar is unreachable; check that it is running"
         return "the LLM server behind the sidecar failed to answer"
     return detail
@@ -39,53 +64,44 @@ def client_message(status: int, detail: str) -> str:
 def render_error(request: http.Request | None, status: int, detail: str) -> bytes:
     dialect, _ = classify("POST", request.path if request else "/")
     err_type = "invalid_request_error" if status < 500 else "upstream_error"
-    body = error_body(dialect, status, client_message(status, detail), err_type)
+    message = client_message(status, detail, request.host if request else "")
+    body = error_body(dialect, status, message, err_type)
     headers = http.Headers(content_type="application/json", connection="close")
     if request is not None and REQUEST_ID_HEADER in request.headers:
         headers[REQUEST_ID_HEADER] = request.headers[REQUEST_ID_HEADER]
     return http1.assemble_response(http.Response.make(status, body, headers))
 
 
-_original_send = _http1.Http1Server.send
+REQUEST_PHASE: Final = frozenset(
+    {"requestheaders", "request"}
+)  # hooks that run before anything goes upstream
 
 
-def status_of(code: Any) -> int | None:
-    """The HTTP status mitmproxy would answer with, or None for "send nothing".
-    mitmproxy 11 passes a status (NO_RESPONSE: nothing); 12 an ErrorCode that maps to one."""
-    to_status = getattr(code, "http_status_code", None)
-    if to_status is not None:
-        return to_status()
-    return None if code == status_codes.NO_RESPONSE else int(code)
-
-
-def _send(self: _http1.Http1Server, event: Any) -> Generator[commands.Command, Any, None]:
-    # A plain function handing back a generator: every event the proxy writes passes here, and
-    # only protocol errors need our own; the rest get mitmproxy's generator with no extra frame.
-    if (
-        isinstance(event, ResponseProtocolError)
-        and not self.response
-        and self.conn.state & ConnectionState.CAN_WRITE
-        and (status := status_of(event.code)) is not None
-    ):
-        return _error_page(self, self.request, status, event.message)
-    return _original_send(self, event)
-
-
-def _error_page(
-    server: _http1.Http1Server, request: http.Request | None, status: int, detail: str
-) -> Generator[commands.Command, Any, None]:
-    yield commands.SendData(server.conn, render_error(request, status, detail))
-    yield commands.CloseConnection(server.conn)
+def sidecar_failed(flow: http.HTTPFlow, hook: str, where: str, exc: Exception) -> None:
+    """Our addon `where` raised `exc` in hook `hook` of `flow`: the record says so, and a request
+    still on its way in is answered here with a 500 in the client's dialect."""
+    rec = record_of(flow)
+    rec.outcome = Outcome.PROXY_ERROR
+    rec.error = f"sidecar failed in {where}.{hook}: {type(exc).__name__}: {exc}"
+    if flow.response is None and hook in REQUEST_PHASE:
+        dialect, _ = classify(flow.request.method, flow.request.path)
+        message = "the sidecar failed to handle this request; its log has the details"
+        flow.response = http.Response.make(
+            500,
+            error_body(dialect, 500, message, "server_error"),
+            {"Content-Type": "application/json", REQUEST_ID_HEADER: rec.request_id},
+        )
+        rec.status = 500
 
 
 class DialectErrors:
     """Installs the JSON error pages for as long as the addon is loaded."""
 
-    def load(self, loader: object) -> None:
-        _http1.Http1Server.send = _send  # type: ignore[method-assign]
+    def load(self, loader: Loader) -> None:
+        install_error_pages(render_error)
 
     def done(self) -> None:
-        _http1.Http1Server.send = _original_send  # type: ignore[method-assign]
+        remove_error_pages()
 
 
 addons = [DialectErrors()]

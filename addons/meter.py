@@ -1,7 +1,7 @@
 """Meter LLM traffic: classify each request, time it, and read token usage from the response.
 
-The usage record travels on the flow (`flow.metadata[RECORD]`) and is filled in as the
-exchange happens; `addons/record.py` hands it to the store when the flow ends.
+The usage record travels on the flow (addons/flowstate.py) and is filled in as the exchange
+happens; `addons/record.py` hands it to the store when the flow ends.
 Load standalone with `mitmdump --mode reverse:http://127.0.0.1:11434 -s addons/meter.py -s addons/record.py`.
 """
 
@@ -10,45 +10,31 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import Final
 
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from addons import headers as hdr
-from agent.records import UsageRecord, new_request_id
+from addons.errors import unresolved_host
+from addons.flowstate import KEY, REQUEST_ID_KEY, start, state_of
+from agent.records import REQUEST_ID_HEADER, Operation, Outcome, UsageRecord, UsageSource
+from agent.settings import declare_options, option_names, read_options
 from agent.wire.decode import make_decoder
 from agent.wire.request import RequestInfo, add_include_usage, parse_request, should_inject_usage
 from agent.wire.response import parse_response
 from agent.wire.stream import StreamMeter
 from agent.wire.usage import Usage, estimate_usage
 
-RECORD = "sidemeter.record"
-INFO = "sidemeter.info"
-STREAM = "sidemeter.stream"
-INJECTED = "sidemeter.injected"  # we asked for usage: the stream needs the added chunk removed
-REQUEST_ID_HEADER = "X-Request-ID"
-REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
-CLIENT_DISCONNECTED = "Client disconnected."
-STREAM_CONTENT_TYPES = ("text/event-stream", "application/x-ndjson")
-INFERENCE = ("chat", "completion", "embedding", "responses")
+CLIENT_DISCONNECTED: Final = "Client disconnected."
+KILLED: Final = "Connection killed."  # mitmproxy's flow.Error.KILLED_MESSAGE: the proxy ended the flow
+STREAM_CONTENT_TYPES: Final = ("text/event-stream", "application/x-ndjson")
+INFERENCE: Final = frozenset({Operation.CHAT, Operation.COMPLETION, Operation.EMBEDDING, Operation.RESPONSES})
 
 
-def record_of(flow: http.HTTPFlow) -> UsageRecord:
-    """The flow's usage record, created on first use so any addon may touch it first."""
-    rec = flow.metadata.get(RECORD)
-    if rec is None:
-        rec = _new_record(flow, hdr.get(flow.request.headers, REQUEST_ID_KEY))
-    return rec
-
-
-def _new_record(flow: http.HTTPFlow, sent_id: str | None) -> UsageRecord:
-    rec = UsageRecord(request_id=sent_id[:128] if sent_id else new_request_id())
-    flow.metadata[RECORD] = rec
-    return rec
-
-
-class _StreamState:
-    """Everything the per-chunk callback touches, kept small: this runs for every chunk."""
+class StreamRelay:
+    """The streamed response's per-chunk callback (`flow.response.stream`): relays each chunk,
+    metering it on the side. Everything it touches is kept small: this runs for every chunk."""
 
     __slots__ = ("decode", "first_content_at", "meter", "sent_bytes")
 
@@ -88,30 +74,18 @@ class Meter:
         self.capture_prompts = False
 
     def load(self, loader: Loader) -> None:
-        loader.add_option(
-            "sidemeter_inject_usage",
-            bool,
-            True,
-            "Ask OpenAI-compatible upstreams for usage on streams (stream_options.include_usage) "
-            "and remove the added usage chunk before it reaches a client that did not ask for it.",
-        )
-        loader.add_option(
-            "sidemeter_capture_prompts",
-            bool,
-            False,
-            "Store the prompt text on each usage record. Off by default: prompts may be private.",
-        )
+        declare_options(loader, "meter")  # sidemeter_inject_usage, sidemeter_capture_prompts
 
     def configure(self, updated: set[str]) -> None:
-        if "sidemeter_inject_usage" in updated:
-            self.inject_usage = ctx.options.sidemeter_inject_usage
-        if "sidemeter_capture_prompts" in updated:
-            self.capture_prompts = ctx.options.sidemeter_capture_prompts
+        if updated & option_names("meter"):
+            values = read_options(ctx.options, "meter")
+            self.inject_usage = values["inject_usage"]
+            self.capture_prompts = values["capture_prompts"]
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         headers = flow.request.headers
         sent_id = hdr.get(headers, REQUEST_ID_KEY)
-        rec = flow.metadata.get(RECORD) or _new_record(flow, sent_id)
+        rec = (flow.metadata.get(KEY) or start(flow, sent_id)).record
         if sent_id != rec.request_id:
             hdr.put(headers, REQUEST_ID_HEADER, rec.request_id)
         rec.ts = _utc(flow.request.timestamp_start)
@@ -119,13 +93,13 @@ class Meter:
         rec.upstream = f"{flow.request.scheme}://{flow.request.host}:{flow.request.port}"
 
     def request(self, flow: http.HTTPFlow) -> None:
-        rec = record_of(flow)
+        state = state_of(flow)
+        rec = state.record
         body = flow.request.raw_content or b""
         rec.request_bytes = len(body)
         if hdr.get(flow.request.headers, b"content-encoding"):
             body = flow.request.get_content(strict=False) or b""
-        info = parse_request(flow.request.method, flow.request.path, body)
-        flow.metadata[INFO] = info
+        info = state.info = parse_request(flow.request.method, flow.request.path, body)
         rec.dialect, rec.operation, rec.endpoint = info.dialect, info.operation, info.endpoint
         rec.model, rec.stream = info.model, info.stream
         if self.capture_prompts and info.prompt_text:
@@ -136,42 +110,42 @@ class Meter:
             flow.request.content = add_include_usage(body)
             # The stream gets edited on its way through, which needs it uncompressed.
             hdr.put(flow.request.headers, "accept-encoding", "identity")
-            flow.metadata[INJECTED] = True
+            state.usage_injected = True
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
-        rec = record_of(flow)
+        state = state_of(flow)
         headers = flow.response.headers
-        hdr.put(headers, REQUEST_ID_HEADER, rec.request_id)
-        info: RequestInfo | None = flow.metadata.get(INFO)
+        hdr.put(headers, REQUEST_ID_HEADER, state.record.request_id)
+        info = state.info
         ctype = hdr.get(headers, b"content-type") or ""
         if info is None or not ctype.startswith(STREAM_CONTENT_TYPES):
             return  # buffered; counted in `response`
         encoding = hdr.get(headers, b"content-encoding")
-        strip = INJECTED in flow.metadata and not encoding
-        state = _StreamState(StreamMeter(info, strip_usage_chunk=strip), make_decoder(encoding))
-        flow.metadata[STREAM] = state
-        flow.response.stream = state
+        strip = state.usage_injected and not encoding
+        relay = StreamRelay(StreamMeter(info, strip_usage_chunk=strip), make_decoder(encoding))
+        state.stream = flow.response.stream = relay
 
     def response(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
-        rec = record_of(flow)
+        state = state_of(flow)
+        rec = state.record
         resp = flow.response
         rec.status = resp.status_code
-        if rec.outcome == "rejected":  # set by an earlier addon that answered the request itself
+        if rec.outcome == Outcome.REJECTED:  # set by an earlier addon that answered the request itself
             rec.response_bytes = len(resp.raw_content or b"")
             return
-        info: RequestInfo | None = flow.metadata.get(INFO)
-        state = flow.metadata.get(STREAM)
+        info = state.info
+        relay = state.stream
         now = resp.timestamp_end or time.time()
-        if isinstance(state, _StreamState):
-            meter = state.meter
-            rec.response_bytes = state.sent_bytes
-            self._timing(rec, flow, state.first_content_at, now)
+        if relay is not None:
+            meter = relay.meter
+            rec.response_bytes = relay.sent_bytes
+            self._timing(rec, flow, relay.first_content_at, now)
             if meter.error or resp.status_code >= 400:
-                rec.outcome, rec.error = "upstream_error", meter.error or f"HTTP {resp.status_code}"
+                _fail(rec, Outcome.UPSTREAM_ERROR, meter.error or f"HTTP {resp.status_code}")
             elif not meter.done and info is not None and info.operation in INFERENCE:
-                rec.outcome, rec.error = "upstream_error", "stream ended without its final event"
+                _fail(rec, Outcome.UPSTREAM_ERROR, "stream ended without its final event")
             self._usage(rec, info, meter.usage, meter.output_chars, meter.content_events)
             return
         rec.response_bytes = len(resp.raw_content or b"")
@@ -180,42 +154,43 @@ class Meter:
             return
         summary = parse_response(info, resp.get_content(strict=False) or b"")
         if resp.status_code >= 400:
-            rec.outcome = "upstream_error"
-            rec.error = summary.error or f"HTTP {resp.status_code}"
+            _fail(rec, Outcome.UPSTREAM_ERROR, summary.error or f"HTTP {resp.status_code}")
             return
         self._usage(rec, info, summary.usage, summary.output_chars, 0)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        rec = record_of(flow)
-        if rec.outcome == "rejected":
+        state = state_of(flow)
+        rec = state.record
+        if rec.outcome == Outcome.REJECTED:
             return
         msg = flow.error.msg if flow.error else "unknown error"
-        info: RequestInfo | None = flow.metadata.get(INFO)
-        state = flow.metadata.get(STREAM)
-        now = time.time()
-        rec.error = msg
-        if msg == CLIENT_DISCONNECTED and _finished_stream(flow, state):
+        relay = state.stream
+        if msg == CLIENT_DISCONNECTED and _finished_stream(flow, relay):
             # The client hung up after the stream's final event went out: openai-python closes
             # the connection at "data: [DONE]" without reading the end of the body. It got the
             # whole answer, and the server had done all the work.
-            rec.outcome, rec.error = "ok", None
+            if rec.outcome != Outcome.PROXY_ERROR:
+                rec.outcome, rec.error = Outcome.OK, None
         elif msg == CLIENT_DISCONNECTED:
-            rec.outcome = "client_cancelled"
+            _fail(rec, Outcome.CLIENT_CANCELLED, msg)
         elif "body_size_limit" in msg:
-            rec.outcome, rec.status = "rejected", 413
+            _fail(rec, Outcome.REJECTED, msg)
+            rec.status = 413
+        elif msg == KILLED:  # ended by the sidecar (an addon, or a stop past its grace period)
+            _fail(rec, Outcome.PROXY_ERROR, msg)
         else:
-            rec.outcome = "upstream_error"
+            _fail(rec, Outcome.UPSTREAM_ERROR, unresolved_host(msg, flow.request.host) or msg)
         if flow.response is not None:
             rec.status = flow.response.status_code
-        elif rec.outcome == "upstream_error":
+        elif rec.outcome == Outcome.UPSTREAM_ERROR:
             rec.status = 502  # what mitmproxy answers; addons/errors.py renders the body
-        if isinstance(state, _StreamState):
-            rec.response_bytes = state.sent_bytes
-            self._timing(rec, flow, state.first_content_at, now)
-            meter = state.meter
-            self._usage(rec, info, meter.usage, meter.output_chars, meter.content_events)
+        if relay is not None:
+            rec.response_bytes = relay.sent_bytes
+            self._timing(rec, flow, relay.first_content_at, time.time())
+            meter = relay.meter
+            self._usage(rec, state.info, meter.usage, meter.output_chars, meter.content_events)
         else:
-            self._timing(rec, flow, None, now)
+            self._timing(rec, flow, None, time.time())
 
     # -- helpers -------------------------------------------------------------------
 
@@ -237,12 +212,12 @@ class Meter:
         if info is None or info.operation not in INFERENCE:
             return
         if usage is not None:
-            rec.usage_source = "reported"
-        elif rec.outcome == "ok" or content_events or output_chars:
+            rec.usage_source = UsageSource.REPORTED
+        elif rec.outcome == Outcome.OK or content_events or output_chars:
             # Generation happened but the server told us nothing (cancelled, cut, or a server
             # without usage): estimate rather than record zero.
             usage = estimate_usage(info, output_chars, content_events)
-            rec.usage_source = "estimated"
+            rec.usage_source = UsageSource.ESTIMATED
         else:
             return
         rec.prompt_tokens = usage.prompt_tokens
@@ -254,13 +229,20 @@ class Meter:
         rec.tokens_per_second = _rate(rec)
 
 
-def _finished_stream(flow: http.HTTPFlow, state: object) -> bool:
+def _fail(rec: UsageRecord, outcome: Outcome, error: str) -> None:
+    """Set the record's outcome and error, unless the sidecar itself already failed the flow:
+    that is the cause worth recording, whatever followed from it."""
+    if rec.outcome != Outcome.PROXY_ERROR:
+        rec.outcome, rec.error = outcome, error
+
+
+def _finished_stream(flow: http.HTTPFlow, relay: StreamRelay | None) -> bool:
     """A successful stream whose terminal event ([DONE], ``done: true``, ``response.completed``)
     has been relayed."""
     return (
-        isinstance(state, _StreamState)
-        and state.meter.done
-        and state.meter.error is None
+        relay is not None
+        and relay.meter.done
+        and relay.meter.error is None
         and flow.response is not None
         and flow.response.status_code < 400
     )

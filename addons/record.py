@@ -9,12 +9,10 @@ from collections.abc import Callable
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
-from addons.meter import record_of
+from addons.flowstate import state_of
 from agent.records import UsageRecord
-from agent.store import UsageStore
-
-OPEN = "sidemeter.open"
-RECORDED = "sidemeter.recorded"
+from agent.settings import declare_options
+from agent.store.writer import UsageStore
 
 
 class Recorder:
@@ -33,12 +31,7 @@ class Recorder:
         self.listeners: list[Callable[[UsageRecord], None]] = []
 
     def load(self, loader: Loader) -> None:
-        loader.add_option(
-            "sidemeter_db",
-            str,
-            "sqlite:///data/usage.db",
-            "Usage store URL, used when the recorder runs standalone under mitmdump.",
-        )
+        declare_options(loader, "store")  # sidemeter_db
 
     def running(self) -> None:
         if self.store is None:
@@ -48,7 +41,7 @@ class Recorder:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self.in_flight += 1
         self.idle.clear()
-        flow.metadata[OPEN] = True
+        state_of(flow).in_flight = True
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
@@ -61,14 +54,16 @@ class Recorder:
             self.store.close()
 
     def _finish(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.get(RECORDED):
+        state = state_of(flow)
+        if state.recorded:
             return  # an error after the response (or vice versa) must not count twice
-        flow.metadata[RECORDED] = True
-        if flow.metadata.pop(OPEN, False):
+        state.recorded = True
+        if state.in_flight:
+            state.in_flight = False
             self.in_flight -= 1
             if not self.in_flight:
                 self.idle.set()
-        rec: UsageRecord = record_of(flow)
+        rec = state.record
         if rec.status is None and flow.response is not None:
             rec.status = flow.response.status_code
         if rec.latency_ms is None:

@@ -8,15 +8,19 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
-from agent import __version__
+from agent import __version__, settings
 from agent import config as configmod
 from agent.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from peewee import Database
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -27,39 +31,28 @@ CONFIG_OPTION = click.option(
 )
 
 
-def _key_options(*, secret: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The flags that say how bearer tokens are verified (shared by `run` and `token verify`)."""
-    file_path = click.Path(dir_okay=False)
-    opts = [
-        click.option(
-            "--jwt-secret-file", type=file_path, help="File holding the shared HS256/384/512 secret."
-        ),
-        click.option(
-            "--jwt-public-key",
-            type=file_path,
-            metavar="FILE",
-            help="PEM public key or certificate: RSA (RS*/PS*), EC (ES*) or Ed25519 (EdDSA) tokens.",
-        ),
-        click.option(
-            "--jwks-url", metavar="URL", help="Identity provider's JWKS URL (cached and refreshed)."
-        ),
-        click.option("--jwks-file", type=file_path, metavar="FILE", help="Local JWKS (JSON) file."),
-        click.option("--jwt-audience", metavar="AUD", help="Required audience (aud); commas for several."),
-        click.option("--jwt-issuer", metavar="ISS", help="Required issuer (iss)."),
-        click.option(
-            "--jwt-leeway", type=int, metavar="S", help="Clock skew allowed, seconds [default: 30]."
-        ),
-        click.option("--team-claim", metavar="CLAIM", help="Claim naming the team [default: team]."),
-    ]
-    if secret:
-        opts.insert(
-            0,
+def _setting_options(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The command's flags, from the settings table (agent/settings.py), with the real default
+    shown in --help. Only flags given on the command line override the file and the
+    environment: see `_given_flags`."""
+    opts = []
+    for s in settings.flags_for(command):
+        kind: Any = s.type
+        if s.choices:
+            kind = click.Choice(s.choices)
+        elif s.path:
+            kind = click.Path(dir_okay=False)
+        decls = [f"{s.flag}/--no-{s.flag[2:]}"] if s.type is bool else [s.flag]
+        opts.append(
             click.option(
-                "--jwt-secret",
-                metavar="SECRET",
-                help="Shared HS256/384/512 secret. Command lines are visible to other users: "
-                "prefer SIDEMETER_JWT_SECRET or --jwt-secret-file.",
-            ),
+                *decls,
+                s.name,
+                type=kind,
+                default=s.default,
+                metavar=s.metavar,
+                show_default=s.default is not None,
+                help=s.help,
+            )
         )
 
     def apply(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -68,6 +61,12 @@ def _key_options(*, secret: bool) -> Callable[[Callable[..., Any]], Callable[...
         return f
 
     return apply
+
+
+def _given_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The setting flags typed on the command line (a default must not override the config file)."""
+    ctx = click.get_current_context()
+    return {k: v for k, v in flags.items() if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
 
 
 def _fail(message: str) -> NoReturn:
@@ -121,43 +120,13 @@ def main() -> None:
 
 @main.command()
 @CONFIG_OPTION
-@click.option("--upstream", help="LLM server URL, e.g. http://127.0.0.1:11434 (Ollama) or :8000 (vLLM).")
-@click.option("--listen", help="HOST:PORT for clients [default: 0.0.0.0:8080].")
-@click.option("--ops-listen", help="HOST:PORT for the ops API [default: 0.0.0.0:9090].")
-@click.option("--db", help="Usage store URL [default: sqlite:///data/usage.db].")
-@click.option(
-    "--auth",
-    type=click.Choice(["jwt", "off"]),
-    help="jwt (default): every request needs a valid bearer JWT; off: no authentication.",
-)
-@_key_options(secret=True)
-@click.option(
-    "--require-user-match/--no-require-user-match",
-    default=None,
-    help="Refuse requests whose X-User-Id, when sent, differs from the token's sub.",
-)
-@click.option("--max-token-bytes", type=int, help="Largest bearer token accepted [default: 8192].")
-@click.option(
-    "--forward-authorization/--no-forward-authorization",
-    default=None,
-    help="Pass the client's Authorization header on to the LLM server (removed by default).",
-)
-@click.option(
-    "--upstream-api-key",
-    metavar="KEY",
-    help="Send Authorization: Bearer KEY to the LLM server (vLLM --api-key); "
-    "SIDEMETER_UPSTREAM_API_KEY keeps it off the command line.",
-)
-@click.option("--data-dir", help="Directory for spill files and runtime state [default: data].")
-@click.option("--grace-period", type=float, help="Seconds to let in-flight streams finish on SIGTERM.")
-@click.option("--capture-prompts/--no-capture-prompts", default=None, help="Store prompt text.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@_setting_options(settings.RUN)
 def run(config_path: str | None, **flags: Any) -> None:
     """Run the sidecar in front of an LLM server until SIGTERM or Ctrl-C."""
     _reexec_optimized()
     from agent.runtime import StartupError, new_event_loop, serve
 
-    cfg = _load(config_path, **flags)
+    cfg = _load(config_path, **_given_flags(flags))
     _setup_logging(cfg.log_level)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
@@ -183,7 +152,7 @@ def run(config_path: str | None, **flags: Any) -> None:
 @click.option("--token-delay", type=float, default=0.02, show_default=True, help="Seconds between tokens.")
 def mock_upstream(dialect: str, listen: str, flavor: str, token_delay: float) -> None:
     """Serve a simulated LLM server (Ollama or vLLM wire format) for demos and tests."""
-    from agent.mock_upstream import serve
+    from agent.sim import serve
 
     try:
         host, port = configmod.parse_hostport(listen, "--listen")
@@ -263,8 +232,11 @@ def token_issue(
     Signed with the configured shared secret (HS256), or with --private-key. The configured
     jwt_audience and jwt_issuer are put in, so the token passes this sidecar's checks.
     """
-    from agent.auth import AuthSettings, KeyConfigError, SigningKey, issue_token, load_secret
-    from agent.store import parse_duration
+    from agent.auth.errors import KeyConfigError
+    from agent.auth.issue import SigningKey, issue_token
+    from agent.auth.keys import load_secret
+    from agent.auth.settings import AuthSettings
+    from agent.durations import parse_duration
 
     cfg = _load(config_path)
     try:
@@ -279,12 +251,12 @@ def token_issue(
         if not sep or not key:
             _fail(f"--claim {item!r}: use KEY=VALUE, e.g. --claim scope=chat")
         claims[key] = _claim_value(raw)
-    settings = AuthSettings.from_config(cfg)
+    auth = AuthSettings.from_config(cfg)
     try:
         if private_key:
             signing = SigningKey.from_private_key_file(private_key, kid)
         elif cfg.jwt_secret or cfg.jwt_secret_file:
-            signing = SigningKey.from_secret(load_secret(settings), kid)
+            signing = SigningKey.from_secret(load_secret(auth), kid)
         else:
             verifies_with = ", ".join(cfg.key_sources)
             _fail(
@@ -298,7 +270,7 @@ def token_issue(
             )
     except KeyConfigError as e:
         _fail(str(e))
-    audiences = settings.audiences
+    audiences = auth.audiences
     text = issue_token(
         signing,
         sub,
@@ -318,22 +290,24 @@ def token_issue(
 
 @token.command("verify")
 @CONFIG_OPTION
-@_key_options(secret=False)
+@_setting_options(settings.TOKEN_VERIFY)
 @click.argument("token_text", metavar="[TOKEN]", required=False)
 def token_verify(config_path: str | None, token_text: str | None, **flags: Any) -> None:
     """Check TOKEN exactly as the sidecar would and print its claims (JSON), or the reason
     it fails (exit 1). Reads the token from stdin when TOKEN is - or left out."""
-    from agent.auth import AuthError, AuthSettings, KeyConfigError, Verifier
+    from agent.auth.errors import AuthError, KeyConfigError
+    from agent.auth.settings import AuthSettings
+    from agent.auth.verify import Verifier
 
-    cfg = _load(config_path, **flags)
-    settings = AuthSettings.from_config(cfg)
-    if not settings.key_sources:
+    cfg = _load(config_path, **_given_flags(flags))
+    auth = AuthSettings.from_config(cfg)
+    if not auth.key_sources:
         _fail(
             "no key to verify with: configure jwt_secret (SIDEMETER_JWT_SECRET), jwt_secret_file, "
             "jwt_public_key, jwks_url or jwks_file (or pass --jwt-public-key, --jwks-url, ...)"
         )
     try:
-        verifier = Verifier.from_settings(settings)
+        verifier = Verifier.from_settings(auth)
     except KeyConfigError as e:
         _fail(str(e))
     text = token_text if token_text and token_text != "-" else sys.stdin.read()
@@ -369,19 +343,19 @@ def usage() -> None:
 @click.option("--since", help="Only records newer than this: 24h, 30m, 7d or an ISO-8601 time.")
 @click.option("-o", "--output", type=click.File("w"), default="-", help="File to write [default: stdout].")
 def usage_export(config_path: str | None, db: str | None, fmt: str, since: str | None, output: Any) -> None:
-    """Print usage records, one JSON object per line (jsonl) or CSV with a header."""
-    from agent.store import StoreError, export_records, open_database, parse_since
+    """Print usage records, one JSON object per line (jsonl) or CSV with a header.
 
-    cfg = _load(config_path, db=db)
+    Reads only: a database that does not exist yet is an error, not created."""
+    from agent.durations import parse_since
+    from agent.store.queries import export_records
+
     try:
         since_dt = parse_since(since) if since else None
     except ValueError as e:
         _fail(f"--since: {e}")
-    try:
-        database = open_database(cfg.db)
-    except StoreError as e:
-        _fail(str(e))
-    n = export_records(database, output, fmt=fmt, since=since_dt)
+    _, database = _open(config_path, db)
+    with _db_errors(database, "reading usage records from"):
+        n = export_records(database, output, fmt=fmt, since=since_dt)
     click.echo(f"{n} record(s) exported", err=True)
 
 
@@ -405,22 +379,7 @@ def config_init(path: str | None, force: bool) -> None:
     target = _config_file(path)
     if target.exists() and not force:
         _fail(f"{target} exists; pass --force to overwrite it")
-    lines = [
-        "# Sidemeter configuration. Every key can also be set as SIDEMETER_<KEY> or a flag.",
-        "",
-    ]
-    defaults = Config().to_dict()
-    for key in Config.field_names():
-        lines.append(f"# {Config.help_for(key)}")
-        value = defaults[key]
-        if value is None:
-            lines.append(f'# {key} = ""')
-        else:
-            import tomli_w
-
-            lines.append(tomli_w.dumps({key: value}).strip())
-        lines.append("")
-    target.write_text("\n".join(lines))
+    target.write_text(settings.config_file_text())
     click.echo(f"wrote {target}")
 
 
@@ -438,8 +397,19 @@ def config_show(config_path: str | None) -> None:
 @config_group.command("validate")
 @CONFIG_OPTION
 def config_validate(config_path: str | None) -> None:
-    """Check the config; exit non-zero with the reason when something cannot work."""
-    _load(config_path)
+    """Check the config as `run` would short of opening its ports: every value, the data directory,
+    the JWT key, the database. Prints every problem, one line each, and exits non-zero."""
+    from agent.runtime import preflight_problems
+
+    try:
+        cfg, problems = configmod.load_unchecked(config_path)
+    except ConfigError as e:
+        _fail(str(e))
+    problems = list(dict.fromkeys([*problems, *preflight_problems(cfg)]))
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(2)
     click.echo("config ok")
 
 
@@ -483,15 +453,33 @@ def db() -> None:
     """Manage the usage database."""
 
 
-def _open(config_path: str | None, db_url: str | None):
-    from agent.store import StoreError, open_database
+def _open(config_path: str | None, db_url: str | None, *, create: bool = False) -> tuple[Config, Database]:
+    """The configured database. Only `db migrate` (create=True) makes one: for the other
+    commands a missing database, or one without the usage tables, is a one-line error."""
+    from agent.store.database import StoreError, open_database, require_schema
 
     cfg = _load(config_path, db=db_url)
     try:
-        return cfg, open_database(cfg.db)
+        database = open_database(cfg.db, create=create)
+        if not create:
+            require_schema(database)
     except StoreError as e:
         _fail(str(e))
-        raise
+    return cfg, database
+
+
+@contextlib.contextmanager
+def _db_errors(database: Database, doing: str) -> Iterator[None]:
+    """A failing query is one line naming the database, then exit 2; closes it either way."""
+    from agent.store.database import StoreError, errors_as_store_error
+
+    try:
+        with errors_as_store_error(database, doing):
+            yield
+    except StoreError as e:
+        _fail(str(e))
+    finally:
+        database.close()
 
 
 @db.command("migrate")
@@ -499,30 +487,50 @@ def _open(config_path: str | None, db_url: str | None):
 @click.option("--db", "db_url", help="Usage store URL [default: from config].")
 def db_migrate(config_path: str | None, db_url: str | None) -> None:
     """Create or upgrade the schema (the sidecar also does this at start)."""
-    from agent.store import StoreError, migrate
+    from agent.store.database import migrate, redact_url
 
-    cfg, database = _open(config_path, db_url)
-    try:
+    cfg, database = _open(config_path, db_url, create=True)
+    with _db_errors(database, "migrating"):
         version = migrate(database)
-    except StoreError as e:
-        _fail(str(e))
-    click.echo(f"{cfg.db}: schema version {version}")
+    click.echo(f"{redact_url(cfg.db)}: schema version {version}")
 
 
 @db.command("prune")
 @CONFIG_OPTION
 @click.option("--db", "db_url", help="Usage store URL [default: from config].")
 @click.option("--older-than", required=True, help="Delete records older than this, e.g. 30d.")
-def db_prune(config_path: str | None, db_url: str | None, older_than: str) -> None:
-    """Delete old usage records."""
-    from agent.store import parse_duration, prune
+@click.option("--yes", is_flag=True, help="Do not ask, even when every record would be deleted.")
+@click.option("--dry-run", is_flag=True, help="Only count the records that would be deleted.")
+def db_prune(config_path: str | None, db_url: str | None, older_than: str, yes: bool, dry_run: bool) -> None:
+    """Delete usage records older than --older-than.
+
+    Asks first when that would delete every record. Upgrades the schema first, as the
+    sidecar does at start, so no id of a deleted record is handed out again."""
+    from agent.durations import parse_duration
+    from agent.records import utcnow
+    from agent.store.database import describe, migrate
+    from agent.store.queries import count_records, delete_records
 
     try:
-        age = parse_duration(older_than)
-    except ValueError as e:
+        cutoff = utcnow() - parse_duration(older_than)
+    except (ValueError, OverflowError) as e:
         _fail(f"--older-than: {e}")
     _, database = _open(config_path, db_url)
-    click.echo(f"{prune(database, age)} record(s) deleted")
+    when = cutoff.strftime("%Y-%m-%d %H:%M:%S UTC")
+    with _db_errors(database, "pruning"):
+        matching, total = count_records(database, before=cutoff), count_records(database)
+        if dry_run:
+            click.echo(f"{matching} of {total} record(s) are older than {when}: nothing deleted (--dry-run)")
+            return
+        if matching and matching == total and not yes:
+            click.confirm(
+                f"Delete {matching} of {total} usage records in {describe(database)}: "
+                f"every record, all older than {when}?",
+                abort=True,
+            )
+        migrate(database)
+        n = delete_records(database, before=cutoff)
+    click.echo(f"{n} record(s) deleted")
 
 
 @db.command("reset")
@@ -530,15 +538,17 @@ def db_prune(config_path: str | None, db_url: str | None, older_than: str) -> No
 @click.option("--db", "db_url", help="Usage store URL [default: from config].")
 @click.option("--yes", is_flag=True, help="Do not ask.")
 def db_reset(config_path: str | None, db_url: str | None, yes: bool) -> None:
-    """Delete every usage record."""
-    from agent.store import UsageLog, migrate
+    """Delete every usage record (ids keep counting up from the last one)."""
+    from agent.store.database import describe, migrate
+    from agent.store.queries import count_records, delete_records
 
-    cfg, database = _open(config_path, db_url)
-    if not yes:
-        click.confirm(f"Delete every usage record in {cfg.db}?", abort=True)
-    migrate(database)
-    with database.bind_ctx([UsageLog]):
-        n = UsageLog.delete().execute()
+    _, database = _open(config_path, db_url)
+    with _db_errors(database, "resetting"):
+        if not yes:
+            total = count_records(database)
+            click.confirm(f"Delete all {total} usage records in {describe(database)}?", abort=True)
+        migrate(database)
+        n = delete_records(database)
     click.echo(f"{n} record(s) deleted")
 
 

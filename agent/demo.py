@@ -20,12 +20,12 @@ from typing import Any
 
 import aiohttp
 
-from agent.auth import SigningKey, issue_token
+from agent.auth.issue import SigningKey, issue_token
 from agent.config import Config
-from agent.mock_upstream import SimulatedLLM
-from agent.records import UsageRecord
+from agent.records import REQUEST_ID_HEADER, Dialect, UsageRecord
 from agent.runtime import Sidecar, StartupError
-from agent.store import get_record
+from agent.sim import SimulatedLLM
+from agent.store.queries import get_record
 
 MODEL = "llama3.2"
 TEAMS = {"alice": "ml", "bob": "search", "carol": "ml"}
@@ -103,7 +103,7 @@ async def send(
 ) -> tuple[str, int, float]:
     rid = uuid.uuid4().hex
     t0 = time.perf_counter()
-    headers = {"X-Request-ID": rid}
+    headers = {REQUEST_ID_HEADER: rid}
     if call.user is not None:
         headers["Authorization"] = f"Bearer {tokens[call.user]}"
     async with session.post(url + call.path, json=call.body, headers=headers) as resp:
@@ -165,7 +165,7 @@ async def _start_sidecar(cfg: Config) -> Sidecar:
 
 
 async def run_demo(*, listen: str, ops_listen: str, db: str, count: int, exit_after: bool) -> None:
-    sim = SimulatedLLM("ollama", token_delay=0.01)
+    sim = SimulatedLLM(Dialect.OLLAMA, token_delay=0.01)
     upstream = await sim.start()
     # Ephemeral: lives as long as this process, so the demo's tokens are worthless afterwards.
     secret = secrets.token_urlsafe(48)
@@ -187,7 +187,7 @@ async def run_demo(*, listen: str, ops_listen: str, db: str, count: int, exit_af
                 ids.append(rid)
                 print(f"  [{i:>2}/{len(calls)}] {call.label:<32} HTTP {status}  {ms:7.1f} ms")
         await asyncio.to_thread(sidecar.store.flush)
-        from agent.store import open_database
+        from agent.store.database import open_database
 
         database = open_database(db)
         records = [r for r in (get_record(database, rid) for rid in ids) if r is not None]

@@ -42,6 +42,11 @@ class UsageSource(StrEnum):
     NONE = "none"  # no tokens involved (or nothing could be counted)
 
 
+REQUEST_ID_HEADER: Final = "X-Request-ID"
+"""The HTTP header of `UsageRecord.request_id`: the client's id when it sends one, and echoed
+on every response (one name for the sidecar, its clients and the record it writes)."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -15,19 +15,24 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from mitmproxy import hooks, http
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
 from addons.auth import Auth
-from addons.errors import DialectErrors
+from addons.errors import DialectErrors, sidecar_failed
 from addons.meter import Meter
 from addons.record import Recorder
-from agent.auth import AuthSettings, KeyConfigError, Verifier
-from agent.config import Config, parse_size
-from agent.dispatch import HookIndex, SidecarOptions, use_inline_hooks
-from agent.store import StoreError, UsageStore, redact_url
+from agent.auth.errors import KeyConfigError
+from agent.auth.settings import AuthSettings
+from agent.auth.verify import Verifier
+from agent.config import Config, ConfigError, parse_size
+from agent.proxy.dispatch import HandlerError, HookIndex, SidecarOptions, use_inline_hooks
+from agent.store.database import StoreError, open_database, redact_url
+from agent.store.writer import UsageStore
 from ops_api.app import build_app
 
 log = logging.getLogger("sidemeter")
@@ -85,43 +90,17 @@ class Sidecar:
     # -- start -----------------------------------------------------------------------
 
     def preflight(self) -> None:
-        """Fail early, with one line each, on what would otherwise fail half-started."""
+        """Fail early, with one line, on the first thing that would otherwise fail half-started."""
         self.config.validate()
-        try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.data_dir):
-                pass
-        except OSError as e:
-            raise StartupError(
-                f"data directory {self.data_dir} is not writable ({e.strerror}); "
-                "fix its permissions or pass --data-dir"
-            ) from None
+        check_data_dir(self.data_dir)
         for key, (host, port) in (
             ("--listen", self.config.listen_address),
             ("--ops-listen", self.config.ops_address),
         ):
             _check_port_free(key, host, port)
-        if self.config.listen_address[1] and self.config.listen_address == self.config.ops_address:
-            raise StartupError(
-                f"--listen and --ops-listen are both {self.config.listen}; give them different ports"
-            )
-        self._load_auth()
-
-    def _load_auth(self) -> None:
-        """Secure by default: with auth on, a key must be configured and loadable, or no start."""
-        settings = self.auth_settings
-        if not settings.enabled or self.verifier is not None:
-            return
-        if not settings.key_sources:
-            raise StartupError(
-                "no JWT key is configured, so clients cannot be authenticated; configure one "
-                "(SIDEMETER_JWT_SECRET, --jwt-secret-file, --jwt-public-key, --jwks-url or --jwks-file) "
-                "or pass --auth off to run without authentication"
-            )
-        try:
-            self.verifier = Verifier.from_settings(settings)
-        except KeyConfigError as e:
-            raise StartupError(str(e)) from None
+        check_distinct_ports(self.config)
+        if self.verifier is None:
+            self.verifier = load_verifier(self.auth_settings)
 
     async def start(self) -> None:
         self.preflight()
@@ -155,7 +134,12 @@ class Sidecar:
         cfg = self.config
         opts = SidecarOptions()
         master = Master(opts)
-        master.addons = HookIndex(master)  # before any addon: the stock one looks handlers up per event
+        # Auth right after the error pages and before Meter: it reads Authorization before anything
+        # strips it, and a flow it answers with 401 never goes upstream (Meter sees flow.response).
+        ours = (DialectErrors(), Auth(self.auth_settings, self.verifier), Meter(), self.recorder)
+        index = HookIndex(master)  # before any addon: the stock manager looks handlers up per event
+        index.on_error = _when_ours_fails(ours)
+        master.addons = index
         if self._release_hooks is None:
             self._release_hooks = use_inline_hooks()  # before the servers accept a connection
         lifecycle = _Lifecycle()
@@ -163,10 +147,7 @@ class Sidecar:
         stock: list[object] = [core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer()]
         if cfg.upstream.startswith("https:"):
             stock.append(tlsconfig.TlsConfig())
-        # Auth right after the error pages and before Meter: it reads Authorization before anything
-        # strips it, and a flow it answers with 401 never goes upstream (Meter sees flow.response).
-        auth = Auth(self.auth_settings, self.verifier)
-        master.addons.add(*stock, DialectErrors(), auth, Meter(), self.recorder, lifecycle)
+        master.addons.add(*stock, *ours, lifecycle)
         host, port = cfg.listen_address
         # Addon options exist only once the addons are loaded, so they are set now.
         opts.update(
@@ -257,6 +238,96 @@ class Sidecar:
             self.store.written_total,
             self.store.spilled_total,
         )
+
+
+def _when_ours_fails(ours: tuple[object, ...]) -> HandlerError:
+    """What HookIndex calls when a handler raised: for a flow hook of one of `ours`, the flow
+    is the sidecar's own failure (another addon's crash is only logged, as mitmproxy does)."""
+
+    def on_error(handler: Any, event: hooks.Hook, exc: Exception) -> None:
+        addon = getattr(handler, "__self__", None)
+        if not any(addon is mine for mine in ours):
+            return
+        args = event.args()
+        if args and isinstance(args[0], http.HTTPFlow):
+            sidecar_failed(args[0], event.name, type(addon).__name__, exc)
+
+    return on_error
+
+
+# -- checks before start: `Sidecar.preflight` stops at the first, `sidemeter config validate` lists all
+
+
+def check_data_dir(path: Path, *, create: bool = True) -> None:
+    """StartupError unless `path` is a writable directory, made when missing (`create=False`:
+    only check that it could be made)."""
+    file = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if file == path:
+        raise StartupError(
+            f"data directory {path} is a file, not a directory; move the file away or pass --data-dir"
+        )
+    if file is not None:
+        raise StartupError(
+            f"data directory {path} cannot be created: {file} is a file, not a directory; "
+            "pass another --data-dir"
+        )
+    where = path if create or path.exists() else next(p for p in path.parents if p.exists())
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=where):
+            pass
+    except OSError as e:
+        raise StartupError(
+            f"data directory {path} is not writable ({e.strerror}); fix the permissions of {where} "
+            "or pass --data-dir"
+        ) from None
+
+
+def check_distinct_ports(config: Config) -> None:
+    if config.listen_address[1] and config.listen_address == config.ops_address:
+        raise StartupError(f"--listen and --ops-listen are both {config.listen}; give them different ports")
+
+
+def load_verifier(settings: AuthSettings) -> Verifier | None:
+    """Secure by default: with auth on, a key must be configured and loadable, or no start."""
+    if not settings.enabled:
+        return None
+    try:
+        return Verifier.from_settings(settings)
+    except KeyConfigError as e:
+        raise StartupError(str(e)) from None
+
+
+def check_database(url: str) -> None:
+    """The store opens (driver installed, server reachable, SQLite file readable). A SQLite
+    file that does not exist yet is not created: its directory is checked instead."""
+    if url.startswith("sqlite:") and not url.endswith(":memory:"):
+        path = Path(url.split(":///", 1)[-1].split("?", 1)[0]).expanduser()
+        if not path.exists():
+            check_data_dir(path.parent, create=False)
+            return
+    try:
+        open_database(url).close()
+    except StoreError as e:
+        raise StartupError(str(e)) from None
+
+
+def preflight_problems(config: Config) -> list[str]:
+    """Every problem that would stop `run` short of binding its ports, one line each."""
+    problems = list(config.problems())
+    checks: list[Callable[[], object]] = [
+        lambda: check_data_dir(Path(config.data_dir), create=False),
+        lambda: check_distinct_ports(config),
+        lambda: load_verifier(AuthSettings.from_config(config)),
+        lambda: check_database(config.db),
+    ]
+    for check in checks:
+        try:
+            check()
+        except (StartupError, ConfigError) as e:
+            problems.extend(getattr(e, "problems", (str(e),)))
+    return list(dict.fromkeys(problems))  # a key conflict is found by the config and the verifier
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -82,7 +82,7 @@ def _callback(frames: list[Frame]) -> list[Frame]:
 
 # The sidecar's replacement for mitmproxy's hook dispatch and connection handler: every
 # sample of a connection runs under it, so it counts with the proxy core, not as metering.
-PROXY_CORE = "agent/dispatch.py"
+PROXY_CORE = "agent/proxy/dispatch.py"
 
 
 def _ours(frame: Frame) -> bool:

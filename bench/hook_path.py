@@ -2,7 +2,7 @@
 """CPU per request of the sidecar's hook path, in-process: the four hooks of a plain chat
 request (requestheaders, request, responseheaders, response) dispatched through the sidecar's
 own addons (JWT auth, metering, records into a real SQLite store), once with mitmproxy's stock
-AddonManager and once with `agent.dispatch.HookIndex`, in the same run.
+AddonManager and once with `agent.proxy.dispatch.HookIndex`, in the same run.
 
 No sockets, so the figures hold still from run to run (unlike `overhead.py`'s end-to-end
 cells on a shared box): they show what dispatch costs and what the handlers themselves cost.
@@ -34,9 +34,9 @@ from mitmproxy.proxy.layers.http import (
 from mitmproxy.test import tflow
 
 import agent.runtime
-from agent.auth import SigningKey, issue_token
+from agent.auth.issue import SigningKey, issue_token
 from agent.config import Config
-from agent.dispatch import HookIndex
+from agent.proxy.dispatch import HookIndex
 from agent.runtime import Sidecar, new_event_loop
 
 SECRET = "bench-hook-path-secret-0123456789abcdef"

@@ -19,13 +19,11 @@ import asyncio
 import contextlib
 import signal
 import sys
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, for `agent`
 
-from agent.mock_upstream import SimulatedLLM
+from agent.sim import SimulatedLLM
 
 # model name -> (seconds before the first token, seconds between the next ones)
 DEFAULT_PACES: dict[str, tuple[float, float]] = {
@@ -34,39 +32,23 @@ DEFAULT_PACES: dict[str, tuple[float, float]] = {
     "sim-model-slow": (0.250, 0.250),
 }
 
-# The pace of the request being served: set when its model is resolved, read by the generator.
-# Every request runs in a task of its own, so this never leaks from one request to another.
-_PACE: ContextVar[tuple[float, float]] = ContextVar("pace", default=(0.0, 0.0))
 
-
-class PacedLLM(SimulatedLLM):
-    """`SimulatedLLM` (vLLM flavour) whose token delays come from the requested model's pace."""
+class ModelPace:
+    """A `agent.sim.Pace` that looks up the pace of the model a request names."""
 
     def __init__(self, paces: dict[str, tuple[float, float]]) -> None:
         self.paces = dict(paces)
-        super().__init__("openai", flavor="vllm", models=list(self.paces))
 
-    # The base class reads these two attributes once per token; here they depend on the request.
-    @property  # type: ignore[override]
-    def first_token_delay(self) -> float:
-        return _PACE.get()[0]
+    def first_token(self, model: str) -> float:
+        return self.paces[model][0]
 
-    @first_token_delay.setter
-    def first_token_delay(self, _value: float) -> None:  # set by the base __init__; paces rule
-        pass
+    def next_token(self, model: str) -> float:
+        return self.paces[model][1]
 
-    @property  # type: ignore[override]
-    def token_delay(self) -> float:
-        return _PACE.get()[1]
 
-    @token_delay.setter
-    def token_delay(self, _value: float) -> None:
-        pass
-
-    def _oai_model(self, name: Any, style: str) -> str:
-        model = super()._oai_model(name, style)
-        _PACE.set(self.paces[model])
-        return model
+def paced_llm(paces: dict[str, tuple[float, float]]) -> SimulatedLLM:
+    """`SimulatedLLM` (vLLM flavour) serving one model per pace, each at its own pace."""
+    return SimulatedLLM("openai", flavor="vllm", models=list(paces), pace=ModelPace(paces))
 
 
 def _parse_pace(text: str) -> tuple[str, tuple[float, float]]:
@@ -86,7 +68,7 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 
 async def serve(host: str, port: int, paces: dict[str, tuple[float, float]]) -> None:
-    sim = PacedLLM(paces)
+    sim = paced_llm(paces)
     url = await sim.start(host, port)
     print(f"simulated vLLM server listening on {url}; paces {paces}", flush=True)
     stop = asyncio.Event()

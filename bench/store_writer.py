@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository
 
-from agent.records import UsageRecord, new_request_id
-from agent.store import UsageStore
+from agent.records import Operation, UsageRecord, UsageSource, new_request_id
+from agent.store.writer import UsageStore
 
 BATCH = 100
 
@@ -36,13 +36,13 @@ def record(request_id: str) -> UsageRecord:
         client_ip="127.0.0.1",
         upstream="http://127.0.0.1:8000",
         endpoint="/v1/chat/completions",
-        operation="chat",
+        operation=Operation.CHAT,
         model="bench-model",
         status=200,
         prompt_tokens=12,
         completion_tokens=8,
         total_tokens=20,
-        usage_source="reported",
+        usage_source=UsageSource.REPORTED,
         latency_ms=1.2,
         ttft_ms=1.1,
         request_bytes=180,

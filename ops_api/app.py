@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent import __version__
 from agent.metrics import REGISTRY
-from agent.store import UsageStore
+from agent.store.writer import UsageStore
 
 
 class SidecarView(Protocol):

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from agent.config import Config
-from agent.mock_upstream import SimulatedLLM
 from agent.records import UsageRecord
 from agent.runtime import Sidecar
-from agent.store import get_record, open_database
+from agent.sim import SimulatedLLM
+from agent.store.database import open_database
+from agent.store.queries import get_record
 
 
 class RunningSidecar:

@@ -28,9 +28,9 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
 from addons.auth import Auth
-from addons.meter import record_of
+from addons.flowstate import record_of
 from agent.metrics import REGISTRY
-from agent.mock_upstream import SimulatedLLM
+from agent.sim import SimulatedLLM
 from tests.conftest import RunningSidecar
 
 MODEL = "sim-model"

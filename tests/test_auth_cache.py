@@ -9,7 +9,10 @@ from typing import Any
 import jwt
 import pytest
 
-from agent.auth import CACHE_SECONDS, AuthError, AuthSettings, SigningKey, Verifier, issue_token
+from agent.auth.errors import AuthError
+from agent.auth.issue import SigningKey, issue_token
+from agent.auth.settings import AuthSettings
+from agent.auth.verify import CACHE_SECONDS, Verifier
 from agent.config import Config
 
 SECRET = secrets.token_hex(32)

@@ -18,7 +18,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agent.mock_upstream import SimulatedLLM
+from agent.sim import SimulatedLLM
 from tests.conftest import RunningSidecar
 
 CLI = [sys.executable, "-m", "agent.cli"]

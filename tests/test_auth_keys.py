@@ -15,19 +15,12 @@ from cryptography.x509.oid import NameOID
 
 from addons.auth import www_authenticate
 from agent import config as configmod
-from agent.auth import (
-    REASONS,
-    AuthError,
-    AuthSettings,
-    KeyConfigError,
-    SigningKey,
-    StaticKey,
-    VerificationKey,
-    Verifier,
-    issue_token,
-    load_public_key,
-    parse_jwks,
-)
+from agent.auth.errors import REASONS, AuthError, KeyConfigError
+from agent.auth.issue import SigningKey, issue_token
+from agent.auth.jwks import StaticKey
+from agent.auth.keys import VerificationKey, load_public_key, parse_jwks
+from agent.auth.settings import AuthSettings
+from agent.auth.verify import Verifier
 from agent.config import Config, ConfigError
 
 PUBLIC = (serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -118,9 +111,9 @@ def test_jwks_parsing_keeps_only_signing_public_keys() -> None:
 
 
 def test_conflicting_key_sources_are_named() -> None:
-    with pytest.raises(ConfigError, match="jwt_secret and jwt_public_key"):
+    with pytest.raises(ConfigError, match="jwt_secret and jwt_public_key are both set"):
         Config(jwt_secret="x" * 32, jwt_public_key="k.pem").validate()
-    with pytest.raises(ConfigError, match="jwt_secret_file and jwks_url and jwks_file"):
+    with pytest.raises(ConfigError, match="jwt_secret_file, jwks_url and jwks_file are all set"):
         Config(jwt_secret_file="s", jwks_url="https://idp/jwks", jwks_file="j.json").validate()
     with pytest.raises(ConfigError, match="jwks_url"):
         Config(jwks_url="ftp://idp/jwks").validate()

@@ -19,8 +19,8 @@ from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
 from mitmproxy.proxy.server_hooks import ClientConnectedHook
 from mitmproxy.test import tflow
 
-from agent.dispatch import HookIndex, InlineHookHandler, SidecarOptions, coalesce_writes
-from agent.mock_upstream import SimulatedLLM
+from agent.proxy.dispatch import HookIndex, InlineHookHandler, SidecarOptions, coalesce_writes
+from agent.sim import SimulatedLLM
 from tests.conftest import RunningSidecar
 
 

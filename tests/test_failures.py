@@ -147,3 +147,49 @@ async def test_gzip_stream_is_metered(openai_side: RunningSidecar) -> None:
     assert b'"usage"' in resp.content  # httpx decoded it: the client got valid gzip
     rec = await openai_side.record(request_id)
     assert rec.usage_source == "reported" and rec.completion_tokens == 6
+
+
+async def test_a_crash_in_the_sidecars_own_code_is_a_proxy_error_answered_in_dialect(
+    openai_side: RunningSidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import addons.meter
+
+    def broken(method: str, path: str, body: bytes) -> Any:
+        raise ValueError("parser bug")
+
+    monkeypatch.setattr(addons.meter, "parse_request", broken)  # a bug in our request parsing
+    r_openai, r_ollama = rid(), rid()
+    async with httpx.AsyncClient() as http:
+        oa = await http.post(
+            openai_side.url + "/v1/chat/completions", json=CHAT, headers={"X-Request-ID": r_openai}
+        )
+        ol = await http.post(openai_side.url + "/api/chat", json=CHAT, headers={"X-Request-ID": r_ollama})
+    # Not sent on half-handled: the sidecar answers itself, in the client's dialect.
+    assert oa.status_code == 500 and oa.headers["x-request-id"] == r_openai
+    assert oa.json()["error"]["message"].startswith("the sidecar failed to handle this request")
+    assert oa.json()["error"]["type"] == "server_error"
+    assert ol.status_code == 500 and ol.json()["error"].startswith("the sidecar failed")
+    for request_id in (r_openai, r_ollama):
+        rec = await openai_side.record(request_id)
+        assert (rec.outcome, rec.status) == ("proxy_error", 500)
+        assert rec.error == "sidecar failed in Meter.request: ValueError: parser bug"
+    assert openai_side.count == 2  # exactly one record each
+
+
+async def test_a_flow_killed_inside_the_proxy_is_a_proxy_error(openai_side: RunningSidecar) -> None:
+    class Killer:  # any addon that ends a flow, e.g. an operator's script
+        def request(self, flow: Any) -> None:
+            if flow.request.headers.get("x-kill"):
+                flow.kill()
+
+    openai_side.sidecar.master.addons.add(Killer())
+    request_id = rid()
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(httpx.HTTPError):  # killed: no answer at all, as mitmproxy does
+            await http.post(
+                openai_side.url + "/v1/chat/completions",
+                json=CHAT,
+                headers={"X-Request-ID": request_id, "x-kill": "1"},
+            )
+    rec = await openai_side.record(request_id)
+    assert rec.outcome == "proxy_error" and rec.error == "Connection killed."

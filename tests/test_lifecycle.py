@@ -16,8 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.mock_upstream import SimulatedLLM
-from agent.store import get_record, open_database
+from agent.sim import SimulatedLLM
+from agent.store.database import open_database
+from agent.store.queries import get_record
 from tests.conftest import RunningSidecar
 
 CLI = [sys.executable, "-m", "agent.cli"]

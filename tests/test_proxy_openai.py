@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from agent.mock_upstream import SimulatedLLM
+from agent.sim import SimulatedLLM
 from tests.conftest import RunningSidecar
 
 MODEL = "sim-model"

@@ -17,21 +17,13 @@ from pathlib import Path
 import peewee
 import pytest
 
+from agent.durations import parse_duration
 from agent.records import FIELD_NAMES, UsageRecord
-from agent.store import (
-    SCHEMA_VERSION,
-    StoreError,
-    UsageStore,
-    _Insert,
-    export_records,
-    get_record,
-    iter_records,
-    migrate,
-    open_database,
-    parse_duration,
-    parse_since,
-    prune,
-)
+from agent.store.database import StoreError, errors_as_store_error, migrate, open_database
+from agent.store.insert import MultiRowInsert
+from agent.store.queries import export_records, get_record, iter_records, prune
+from agent.store.schema import SCHEMA_VERSION
+from agent.store.writer import UsageStore
 
 
 def sqlite_url(path: Path) -> str:
@@ -144,7 +136,7 @@ def test_inserts_respect_a_small_sqlite_parameter_limit(db_path: Path) -> None:
     migrate(db)
     # Old SQLite builds allow 999 parameters per statement; this one allows two rows' worth.
     db.connection().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 2 * len(FIELD_NAMES) + 1)
-    insert = _Insert(db)
+    insert = MultiRowInsert(db)
     assert insert.per_statement == 2
     rows = UsageStore(sqlite_url(db_path))._rows([full_record(f"lim-{i}") for i in range(5)])
     with db.atomic():
@@ -158,7 +150,7 @@ def test_batches_of_every_size_share_a_few_statements(db_path: Path) -> None:
     # rows), so batch sizes must not each get their own.
     db = open_database(sqlite_url(db_path))
     migrate(db)
-    insert = _Insert(db)
+    insert = MultiRowInsert(db)
     rows = UsageStore(sqlite_url(db_path))._rows([full_record(f"s-{i}") for i in range(1200)])
     start = 0
     for size in (1, 2, 3, 7, 100, 255, 300, 512, 20):
@@ -510,65 +502,10 @@ def test_prune_deletes_only_older_records(seeded: peewee.Database) -> None:
     assert prune(seeded, parse_duration("30d")) == 0
 
 
-# -- durations ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("90s", timedelta(seconds=90)),
-        ("15m", timedelta(minutes=15)),
-        ("24h", timedelta(hours=24)),
-        ("30d", timedelta(days=30)),
-        ("2w", timedelta(weeks=2)),
-        ("1h30m", timedelta(minutes=90)),
-        (" 7d ", timedelta(days=7)),
-        ("0s", timedelta(0)),
-    ],
-)
-def test_parse_duration(text: str, expected: timedelta) -> None:
-    assert parse_duration(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "24", "h", "-5m", "5 m", "1.5h", "3y", "24H", "soon"])
-def test_parse_duration_rejects_with_a_clear_message(text: str) -> None:
-    with pytest.raises(ValueError, match=r"e\.g\. 90s, 15m, 24h"):
-        parse_duration(text)
-
-
-def test_parse_duration_and_since_reject_absurd_lengths() -> None:
-    with pytest.raises(ValueError, match="too long"):
-        parse_duration("99999999999999w")
-    with pytest.raises(ValueError, match="ISO-8601"):
-        parse_since("999999w", now=NOW)  # before year 1
-
-
-NOW = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("24h", datetime(2026, 1, 1, 12, 0, tzinfo=UTC)),
-        ("30m", datetime(2026, 1, 2, 11, 30, tzinfo=UTC)),
-        ("7d", datetime(2025, 12, 26, 12, 0, tzinfo=UTC)),
-        ("2w", datetime(2025, 12, 19, 12, 0, tzinfo=UTC)),
-        ("90s", datetime(2026, 1, 2, 11, 58, 30, tzinfo=UTC)),
-        ("2026-01-31T12:00:00", datetime(2026, 1, 31, 12, 0, tzinfo=UTC)),  # naive = UTC
-        ("2026-01-31T12:00:00Z", datetime(2026, 1, 31, 12, 0, tzinfo=UTC)),
-        ("2026-01-31T14:00:00+02:00", datetime(2026, 1, 31, 12, 0, tzinfo=UTC)),
-        ("2026-01-31", datetime(2026, 1, 31, tzinfo=UTC)),
-    ],
-)
-def test_parse_since(text: str, expected: datetime) -> None:
-    got = parse_since(text, now=NOW)
-    assert got == expected and got.tzinfo is UTC
-
-
-def test_parse_since_defaults_to_now_and_rejects_garbage() -> None:
-    before = datetime.now(UTC)
-    got = parse_since("1h")
-    assert before - timedelta(hours=1) <= got <= datetime.now(UTC) - timedelta(hours=1)
-    for bad in ("yesterday", "24", "2026-13-01", ""):
-        with pytest.raises(ValueError, match="ISO-8601"):
-            parse_since(bad, now=NOW)
+def test_a_driver_error_becomes_one_line_naming_the_database(db_path: Path) -> None:
+    db = open_database(sqlite_url(db_path))
+    expected = rf"^reading {db_path} failed \(no such table: nope\): check"
+    with pytest.raises(StoreError, match=expected) as err, errors_as_store_error(db, "reading"):
+        db.execute_sql("SELECT * FROM nope")
+    assert "\n" not in str(err.value)
+    db.close()

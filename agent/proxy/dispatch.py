@@ -16,6 +16,8 @@ and what replaces each:
   (`check_body_size`, 4 times a request, reads 3-4 once `body_size_limit` is set).
   `SidecarOptions` reads them through class attributes and hands out immutable values as they
   are.
+
+What these need of mitmproxy's private parts is in agent/proxy/internals.py.
 """
 
 from __future__ import annotations
@@ -27,40 +29,19 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from mitmproxy import exceptions, flow, hooks, options, optmanager
+from mitmproxy import exceptions, flow, hooks, options
 from mitmproxy.addonmanager import AddonManager, traverse
 from mitmproxy.proxy import commands, events, mode_servers
 from mitmproxy.proxy.layer import CommandGenerator, Layer
+
+from agent.proxy.internals import OptionValue, use_connection_handler
 
 # The stock manager's logger, so an addon's crash is reported exactly where it always was.
 logger = logging.getLogger("mitmproxy.addonmanager")
 
 Handler = Callable[..., Any]
-
-# A deep copy of one of these is the value itself.
-_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
-
-
-class _OptionValue:
-    """Reads one option of a `SidecarOptions` live (no cache to keep in step with updates and
-    rollbacks), without the deep copy where the value is immutable anyway."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __get__(self, opts: optmanager.OptManager | None, owner: type | None = None) -> Any:
-        if opts is None:
-            return self
-        try:
-            option = opts.__dict__["_options"][self.name]
-        except KeyError:  # not an option of this instance: OptManager.__getattr__ says so
-            raise AttributeError(self.name) from None
-        value = option.value
-        if value is optmanager.unset:
-            value = option._default
-        return value if type(value) in _IMMUTABLE else option.current()
+HandlerError = Callable[[Handler, hooks.Hook, Exception], None]
+"""Told of each exception a handler raised (handler, event, exception), after it is logged."""
 
 
 class SidecarOptions(options.Options):
@@ -71,7 +52,7 @@ class SidecarOptions(options.Options):
 
     def add_option(self, name: str, typespec: Any, default: Any, help: str, choices: Any = None) -> None:
         if not hasattr(SidecarOptions, name):  # never shadow a method of the manager
-            setattr(SidecarOptions, name, _OptionValue(name))
+            setattr(SidecarOptions, name, OptionValue(name))
         super().add_option(name, typespec, default, help, choices)
 
 
@@ -80,11 +61,13 @@ class HookIndex(AddonManager):
 
     Behaves like the stock manager for addons added, registered or removed through it (the
     index is rebuilt after each change). One difference, deliberate: an addon whose handler
-    raises does not skip its own sub-addons' handlers for that event."""
+    raises does not skip its own sub-addons' handlers for that event. `on_error`, when set,
+    hears of every exception a handler raised (the stock manager only logs it)."""
 
     def __init__(self, master: Any) -> None:
         super().__init__(master)
         self._index: dict[str, tuple[Handler, ...]] = {}
+        self.on_error: HandlerError | None = None
 
     def handlers(self, name: str) -> tuple[Handler, ...]:
         """The callables that handle event `name`, in chain order (sub-addons after their parent)."""
@@ -131,6 +114,8 @@ class HookIndex(AddonManager):
                 raise
             except Exception as exc:
                 logger.error(f"Addon error: {exc}", exc_info=True)
+                if self.on_error is not None:
+                    self.on_error(handler, event, exc)
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
         await self.trigger_event(event)
@@ -245,27 +230,7 @@ class InlineHookHandler(mode_servers.ProxyConnectionHandler):
                 await super().server_event(events.HookCompleted(hook))
 
 
-_stock_handler = mode_servers.ProxyConnectionHandler
-_users = 0
-
-
 def use_inline_hooks() -> Callable[[], None]:
     """Have mitmproxy's servers in this process build `InlineHookHandler`s for new connections;
     returns the function that undoes it (counted, so sidecars may overlap in one process)."""
-    global _users
-    _users += 1
-    mode_servers.ProxyConnectionHandler = InlineHookHandler  # looked up per connection
-
-    released = False
-
-    def release() -> None:
-        global _users
-        nonlocal released
-        if released:
-            return
-        released = True
-        _users -= 1
-        if not _users:
-            mode_servers.ProxyConnectionHandler = _stock_handler
-
-    return release
+    return use_connection_handler(InlineHookHandler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -21,7 +22,7 @@ import ollama
 import openai
 import pytest
 
-from agent.mock_upstream import SimulatedLLM, count_tokens
+from agent.sim import SimulatedLLM, count_tokens
 
 MODEL = "sim-model"
 OLLAMA_MODEL = "llama3.2"
@@ -694,9 +695,11 @@ async def test_token_delay_paces_the_stream(make_sim: MakeSim) -> None:
     assert token_at[-1] - token_at[0] >= 0.3  # 7 gaps of 50 ms: delivered as produced, not at the end
 
 
-async def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, args: str) -> AsyncIterator[tuple[subprocess.Popen[str], str]]:
+    """`serve(args)` in a child process, and the line it announced itself with."""
     root = Path(__file__).resolve().parents[1]
-    code = "from agent.mock_upstream import serve; serve('ollama', '127.0.0.1', 0)"
+    code = f"from agent.sim import serve; serve({args})"
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
         stdout=subprocess.PIPE,
@@ -707,13 +710,95 @@ async def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        yield proc, await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
+    async with serving(tmp_path, "'ollama', '127.0.0.1', 0") as (proc, line):
         url = re.search(r"http://\S+", line)
         assert url is not None, line
         async with httpx.AsyncClient() as http:
             assert (await http.get(url.group(0) + "/api/version")).status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+
+# ------------------------------------------------------------------ the seams of agent.sim
+
+
+class RecordingPace:
+    """A pace per model that notes every question the simulator asks it."""
+
+    def __init__(self, first: dict[str, float]) -> None:
+        self.first = first
+        self.asked: list[tuple[str, str]] = []
+
+    def first_token(self, model: str) -> float:
+        self.asked.append(("first", model))
+        return self.first.get(model, 0.0)
+
+    def next_token(self, model: str) -> float:
+        self.asked.append(("next", model))
+        return 0.0
+
+
+async def test_a_pace_object_paces_each_model_it_is_asked_about(make_sim: MakeSim) -> None:
+    pace = RecordingPace({"slow": 0.2})
+    sim = await make_sim("openai", models=["fast", "slow"], pace=pace, token_delay=5.0)
+    body = {"messages": MESSAGES, "stream": True, "max_tokens": 4}
+    t0 = time.perf_counter()
+    slow = await post_raw(sim, "/v1/chat/completions", body | {"model": "slow"})
+    slow_s = time.perf_counter() - t0
+    assert slow.status_code == 200 and slow_s >= 0.18  # the pace, not token_delay, rules
+    assert pace.asked == [("first", "slow"), *[("next", "slow")] * 3]
+    pace.asked.clear()
+    whole = await post_raw(sim, "/v1/completions", {"model": "fast", "prompt": "hi", "max_tokens": 3})
+    assert whole.json()["usage"]["completion_tokens"] == 3
+    assert pace.asked == [("first", "fast"), ("next", "fast"), ("next", "fast")]
+    pace.asked.clear()
+    await post_raw(sim, "/v1/embeddings", {"input": "x"})  # no model named: the first served one
+    assert pace.asked == [("first", "fast")]
+
+
+@pytest.mark.parametrize(
+    ("dialect", "flavor", "label", "paths"),
+    [
+        ("ollama", "vllm", "Ollama", {"/v1/chat/completions": "OllamaOpenAI", "/api/chat": "OllamaNative"}),
+        ("ollama", "llamacpp", "Ollama", {"/v1/models": "OllamaOpenAI", "/nowhere": "OllamaNative"}),
+        ("openai", "vllm", "vLLM", {"/v1/chat/completions": "Vllm", "/api/chat": "Vllm"}),
+        ("openai", "llamacpp", "llama.cpp", {"/completion": "LlamaCpp", "/v1/completions": "LlamaCpp"}),
+    ],
+)
+def test_each_dialect_and_flavor_is_one_server_object(
+    dialect: str, flavor: str, label: str, paths: dict[str, str]
+) -> None:
+    sim = SimulatedLLM(dialect, flavor=flavor)
+    assert sim.label == label
+    assert {path: type(sim.api_for(path)).__name__ for path in paths} == paths
+    assert all(api.runner is sim.runner for api in sim.apis)  # one model, cache and totals per server
+
+
+def test_constructor_checks_are_unchanged() -> None:
+    with pytest.raises(ValueError, match="dialect must be one of ollama, openai, got 'tgi'"):
+        SimulatedLLM("tgi")
+    with pytest.raises(ValueError, match="flavor must be one of vllm, llamacpp, got 'sglang'"):
+        SimulatedLLM("openai", flavor="sglang")
+    with pytest.raises(ValueError, match="must not be negative"):
+        SimulatedLLM("openai", token_delay=-1)
+    assert SimulatedLLM("ollama", models=["a", "b:7b"]).models == ["a:latest", "b:7b"]
+    assert SimulatedLLM("openai", models=["a"]).models == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("dialect", "flavor", "label"), [("openai", "vllm", "vLLM"), ("openai", "llamacpp", "llama.cpp")]
+)
+async def test_serve_announces_the_server(tmp_path: Path, dialect: str, flavor: str, label: str) -> None:
+    async with serving(tmp_path, f"{dialect!r}, '127.0.0.1', 0, flavor={flavor!r}") as (proc, line):
+        assert re.fullmatch(
+            rf"simulated {re.escape(label)} server listening on http://127\.0\.0\.1:\d+\n", line
+        )
+        proc.send_signal(signal.SIGTERM)  # at once: the handler is in place before the line
+        assert await asyncio.to_thread(proc.wait, 20) == 0

@@ -1,0 +1,162 @@
+"""The `usage_logs` table and the `schema_meta` table, as peewee models, and the converters
+from UsageRecord values to column values.
+
+The columns are derived from UsageRecord's type hints, so the record stays the one place
+that lists the fields: a new record field is a new column (and a migration in
+`agent/store/database.py`).
+"""
+
+from __future__ import annotations
+
+import operator
+import typing
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final
+
+import peewee
+
+from agent.durations import as_utc
+from agent.records import FIELD_NAMES, UsageRecord
+
+# 1: the first layout. 2: ids never reused (SQLite AUTOINCREMENT; the rows and ids of version 1 kept).
+SCHEMA_VERSION: Final = 2
+
+
+def ts_to_db(ts: datetime) -> str:
+    # Naive UTC text with fixed microseconds: compares correctly as text in SQLite, reads like
+    # SQLite's own datetime('now') in ad-hoc queries, and PostgreSQL casts it to TIMESTAMP.
+    return as_utc(ts).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+class UTCDateTimeField(peewee.DateTimeField):
+    """A timestamp stored as naive UTC and read back as an aware UTC datetime."""
+
+    def db_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            value = self.adapt(value)  # "2026-01-31 12:00" in a query: same text form as stored
+        return ts_to_db(value) if isinstance(value, datetime) else value
+
+    def python_value(self, value: Any) -> Any:
+        value = super().python_value(value)
+        return as_utc(value) if isinstance(value, datetime) else value
+
+
+class NeverReusedIdField(peewee.BigAutoField):
+    """An auto-increment id that no later row gets again, even after the newest rows are
+    deleted (by `db prune`, `db reset`): PostgreSQL's BIGSERIAL already works that way; SQLite
+    hands out max(id) + 1 unless the column says AUTOINCREMENT."""
+
+    def ddl(self, ctx: Any) -> peewee.NodeList:
+        node = super().ddl(ctx)
+        # Only SQLite maps peewee's auto id to a bare INTEGER (the rowid alias).
+        if ctx.state.field_types.get(self.field_type) == "INTEGER":
+            return peewee.NodeList((node, peewee.SQL("AUTOINCREMENT")))
+        return node
+
+
+# -- the columns, from UsageRecord --------------------------------------------------------------
+
+_INDEXED: Final = frozenset({"ts", "request_id", "user", "model", "team"})
+_FIELD_CLASSES: Final[dict[type, type[peewee.Field]]] = {
+    str: peewee.TextField,  # not VARCHAR(255): errors, prompts and paths have no fixed length
+    int: peewee.BigIntegerField,
+    float: peewee.DoubleField,  # DOUBLE PRECISION on PostgreSQL; FloatField would be REAL
+    bool: peewee.BooleanField,
+    datetime: UTCDateTimeField,
+}
+
+
+def _record_types() -> dict[str, tuple[type, bool]]:
+    """(base type, nullable) per UsageRecord field, from the dataclass hints: the record stays
+    the one place that lists the fields."""
+    hints = typing.get_type_hints(UsageRecord)
+    types: dict[str, tuple[type, bool]] = {}
+    for name in FIELD_NAMES:
+        members = typing.get_args(hints[name]) or (hints[name],)
+        (base,) = [m for m in members if m is not type(None)]
+        types[name] = (base, type(None) in members)
+    return types
+
+
+_INT64: Final = range(-(2**63), 2**63)
+
+
+def _int(value: Any) -> int:
+    n = int(value)
+    if n not in _INT64:  # sqlite3 raises OverflowError, PostgreSQL "bigint out of range"
+        raise ValueError(f"{n} does not fit a 64-bit integer")
+    return n
+
+
+def _text(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates, e.g. a client's JSON "\ud800"
+            text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+_CONVERTERS: Final[dict[type, Callable[[Any], Any]]] = {
+    str: _text,
+    int: _int,
+    float: float,
+    bool: bool,
+    datetime: ts_to_db,
+}
+
+
+def _to_db(name: str, base: type, nullable: bool) -> Callable[[Any], Any]:
+    """A strict converter for the writer: a value the column cannot hold raises here, for
+    one record, instead of failing its whole batch in the database again and again (and
+    then every re-ingest of the spill file that batch went to)."""
+    convert = _CONVERTERS[base]
+
+    def to_db(value: Any) -> Any:
+        if value is None:
+            if nullable:
+                return None
+            raise ValueError(f"{name} must not be None")
+        return convert(value)
+
+    return to_db
+
+
+# -- the models ---------------------------------------------------------------------------------
+
+
+class UsageLog(peewee.Model):
+    """A stored UsageRecord: auto `id` + one column per record field (added below).
+
+    Not bound to a database: bind each query to the one `open_database` returned
+    (`UsageLog.select().bind(db)`), or use the functions in `agent/store/queries.py`."""
+
+    id = NeverReusedIdField()
+
+    class Meta:
+        table_name = "usage_logs"
+
+
+_TYPES: Final = _record_types()
+# Added after the class body so the columns follow `id` in FIELD_NAMES order.
+for _name, (_base, _nullable) in _TYPES.items():
+    UsageLog._meta.add_field(_name, _FIELD_CLASSES[_base](null=_nullable, index=_name in _INDEXED))
+
+
+class SchemaMeta(peewee.Model):
+    """One row per schema version applied to this database."""
+
+    version = peewee.IntegerField(primary_key=True)
+
+    class Meta:
+        table_name = "schema_meta"
+
+
+MODELS: Final = (UsageLog, SchemaMeta)
+USAGE_TABLE: Final = UsageLog._meta.table_name
+COLUMNS: Final[dict[str, peewee.Field]] = UsageLog._meta.fields
+RECORD_COLUMNS: Final = tuple(COLUMNS[name] for name in FIELD_NAMES)
+CONVERTERS_TO_DB: Final = tuple(_to_db(name, *_TYPES[name]) for name in FIELD_NAMES)
+record_values: Final = operator.attrgetter(*FIELD_NAMES)

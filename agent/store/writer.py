@@ -1,0 +1,407 @@
+"""The usage writer: `UsageStore.submit` puts a record on a bounded queue, one writer thread
+commits batches of multi-row INSERTs.
+
+The proxy calls `submit` on the event loop for every request, so it never blocks and never
+raises: when the queue is full, or the database keeps failing, records go to spill files
+(`agent/store/spill.py`) and are re-ingested later. Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import queue
+import threading
+import time
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Final
+
+import peewee
+
+from agent.records import UsageRecord
+from agent.store.database import StoreError, describe, first_line, migrate, open_database
+from agent.store.insert import MultiRowInsert
+from agent.store.schema import CONVERTERS_TO_DB, record_values
+from agent.store.spill import SpillFiles, default_spill_dir, rejected_line
+
+log = logging.getLogger(__name__)
+
+_ABORT_GRACE_S: Final = 0.5
+
+
+@dataclasses.dataclass(eq=False)
+class _FlushMarker:
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    ok: bool = False
+
+
+_STOP: Final = object()
+
+
+def _split(items: list[object]) -> tuple[list[UsageRecord], list[_FlushMarker], bool]:
+    """Queue items as (records, flush markers, whether the stop sentinel was among them)."""
+    records: list[UsageRecord] = []
+    markers: list[_FlushMarker] = []
+    stop = False
+    for item in items:
+        if item is _STOP:
+            stop = True
+        elif isinstance(item, _FlushMarker):
+            markers.append(item)
+        else:
+            records.append(typing.cast(UsageRecord, item))
+    return records, markers, stop
+
+
+class UsageStore:
+    """Bounded queue + one writer thread + spill files. See the module docstring."""
+
+    # Waits between attempts at one batch before it is spilled; SQLite adds its busy timeout.
+    retry_delays: tuple[float, ...] = (0.1, 0.5, 2.0)
+    ingest_backoff_max: float = 300.0
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.25,
+        spill_dir: str | Path | None = None,
+        linger: float = 0.05,
+    ) -> None:
+        if queue_size < 1 or batch_size < 1 or flush_interval <= 0:
+            raise ValueError("queue_size and batch_size must be >= 1, flush_interval > 0")
+        self.url = url
+        self._spill = SpillFiles(Path(spill_dir) if spill_dir is not None else default_spill_dir(url))
+        self.written_total = 0
+        self.failed_batches = 0
+        self.last_error: str | None = None
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        # After the first record of a batch the writer waits this long for more, so a steady
+        # stream of requests costs one transaction per `linger` instead of one per record,
+        # and submit() rarely has a waiting writer to wake (a wake-up costs the loop the GIL).
+        self._linger = linger
+        self._hurry = threading.Event()  # flush()/close() cut the linger short
+        self._db: peewee.Database | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._final_drain = threading.Event()  # close() no longer reads the queue after this
+        self._abort = threading.Event()
+        self._last_write_ok = True
+        self._inflight: list[UsageRecord] | None = None
+        # Last resort when neither the database nor the spill directory takes a record.
+        self._overflow: collections.deque[UsageRecord] = collections.deque()
+        self._insert: MultiRowInsert | None = None
+        self._scrub_nul = False
+        self._next_ingest_at = 0.0
+        self._ingest_backoff = 1.0
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def db(self) -> peewee.Database:
+        """The database the writer uses (the only way to reach a `:memory:` one)."""
+        if self._db is None:
+            raise RuntimeError("UsageStore.start() has not run")
+        return self._db
+
+    @property
+    def spill_dir(self) -> Path:
+        return self._spill.directory
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize() + len(self._overflow)
+
+    @property
+    def spilled_total(self) -> int:
+        """Records written to spill files so far (they are re-ingested later)."""
+        return self._spill.spilled_total
+
+    @property
+    def healthy(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self._last_write_ok
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open and migrate the database (StoreError on failure), re-ingest spill files left
+        by an earlier run, start the writer thread."""
+        if self._thread is not None:
+            return
+        if self._closed.is_set():
+            raise RuntimeError("a closed UsageStore cannot be started again; create a new one")
+        db = open_database(self.url)
+        try:
+            migrate(db)
+            self._spill.check_writable()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                db.close()
+            raise
+        self._db = db
+        self._insert = MultiRowInsert(db)
+        self._scrub_nul = not isinstance(db, peewee.SqliteDatabase)  # PostgreSQL rejects NUL
+        self._ingest_spill(startup=True)  # a failure is logged and retried by the writer
+        if db.thread_safe:
+            db.close()  # thread-local connections: the writer and the readers open their own
+        self._thread = threading.Thread(target=self._run, name="sidemeter-store-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: UsageRecord) -> None:
+        """Queue one record; never blocks, never raises. Runs on the event loop for every
+        request, so a full queue spills the record to disk instead of waiting."""
+        try:
+            if not self._closed.is_set():
+                try:
+                    self._queue.put_nowait(record)
+                except queue.Full:
+                    pass
+                else:
+                    if self._final_drain.is_set():  # lost a race with close(): nobody else
+                        self._spill_batch(self._drain_queue())  # will read the queue now
+                    return
+            self._spill.append(record)
+        except Exception as exc:  # metering must never break the proxy
+            self._overflow.append(record)
+            self.last_error = f"cannot spill a usage record to {self.spill_dir}: {first_line(exc)}"
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Block until everything submitted before the call is committed (spilled records
+        included: they are re-ingested first). False on timeout or if the database fails.
+        Blocks: call it from a worker thread, not the event loop."""
+        thread = self._thread
+        if thread is None or not thread.is_alive() or self._closed.is_set():
+            return False
+        deadline = time.monotonic() + timeout
+        marker = _FlushMarker()
+        try:
+            self._queue.put(marker, timeout=timeout)
+        except queue.Full:
+            return False
+        self._hurry.set()
+        return marker.done.wait(max(0.0, deadline - time.monotonic())) and marker.ok
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything queued, stop the writer and close the database. What cannot be
+        written within `timeout` (database down or hung) is spilled for the next start; a
+        writer stuck inside the database gets another half second on top."""
+        if self._closed.is_set():
+            return
+        deadline = time.monotonic() + timeout
+        self._closed.set()  # from now on submit() spills directly
+        self._hurry.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                self._abort.set()  # stop retrying: the writer spills its batch and exits
+                thread.join(_ABORT_GRACE_S)
+        self._final_drain.set()  # before draining: a submit() racing us drains after itself
+        leftovers = self._drain_queue()
+        inflight = self._inflight
+        if thread is not None and thread.is_alive() and inflight:
+            # Still stuck inside the database. Spill its batch too: if that insert commits
+            # after all, re-ingesting skips the records already stored.
+            leftovers.extend(inflight)
+        if leftovers:
+            log.warning("usage store closing: spilling %d unwritten records", len(leftovers))
+        self._spill_batch(leftovers)
+        self._spill.close_live()
+        if self._overflow:
+            log.error(
+                "usage store closing: %d records could be neither written nor spilled to %s",
+                len(self._overflow),
+                self.spill_dir,
+            )
+        if self._db is not None:
+            with contextlib.suppress(Exception):
+                self._db.close()
+
+    # -- writer thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while True:
+            items = self._take(block=not stopping)
+            if items is None:
+                if stopping or self._abort.is_set():
+                    break
+                if self._spill.pending and time.monotonic() >= self._next_ingest_at:
+                    self._ingest_spill()
+                continue
+            records, markers, stop = _split(items)
+            stopping = stopping or stop
+            try:
+                self._handle(records, markers)
+            except Exception as exc:  # a bug must not stop metering: keep the batch, go on
+                self.last_error = f"usage writer: {first_line(exc)}"
+                self._last_write_ok = False
+                log.exception("usage writer: unexpected error; spilling the batch")
+                self._spill_batch(records)  # re-ingest skips any that did get stored
+                for marker in markers:
+                    marker.done.set()
+            if self._abort.is_set():
+                break
+        self._reset_connection()
+
+    def _take(self, *, block: bool) -> list[object] | None:
+        """The first item (waiting up to flush_interval) plus whatever else is already
+        there, up to batch_size; None when idle."""
+        items: list[object] = []
+        with contextlib.suppress(IndexError):
+            while self._overflow and len(items) < self._batch_size:
+                items.append(self._overflow.popleft())
+        try:
+            if block and not items:
+                items.append(self._queue.get(timeout=self._flush_interval))
+                if self._linger and self._queue.qsize() < self._batch_size and not self._hurry.is_set():
+                    self._hurry.wait(self._linger)
+                self._hurry.clear()
+            while len(items) < self._batch_size:
+                items.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        return items or None
+
+    def _handle(self, records: list[UsageRecord], markers: list[_FlushMarker]) -> None:
+        """Write the records, then answer the flush markers that came with them."""
+        if records:
+            self._write_batch(records)
+        if markers:
+            if self._spill.pending and not self._abort.is_set():
+                self._ingest_spill()  # flush() covers spilled records too
+            ok = self._last_write_ok and not self._spill.pending and not self._overflow
+            for marker in markers:
+                marker.ok = ok
+                marker.done.set()
+
+    def _write_batch(self, records: list[UsageRecord]) -> None:
+        rows = self._rows(records)
+        self._inflight = records
+        try:
+            for delay in (*self.retry_delays, None):
+                try:
+                    self._insert_rows(rows)
+                except Exception as exc:
+                    self._last_write_ok = False
+                    self.last_error = f"writing to {describe(self.db)} failed: {first_line(exc)}"
+                    self._reset_connection()
+                    if delay is None or self._abort.wait(delay):
+                        break
+                else:
+                    self.written_total += len(rows)
+                    self._last_write_ok = True
+                    return
+            self.failed_batches += 1
+            log.warning("%s; spilling %d records to %s", self.last_error, len(records), self.spill_dir)
+            self._spill_batch(records)
+        finally:
+            self._inflight = None
+
+    def _rows(self, records: Iterable[UsageRecord]) -> list[list[Any]]:
+        """DB-API parameter rows. A record that cannot be converted (a bug upstream) is set
+        aside in a rejected file rather than failing its whole batch forever."""
+        rows: list[list[Any]] = []
+        rejected: list[str] = []
+        for record in records:
+            try:
+                row = [to_db(v) for to_db, v in zip(CONVERTERS_TO_DB, record_values(record), strict=True)]
+            except Exception as exc:
+                rejected.append(rejected_line(record))
+                self.last_error = f"unstorable usage record: {first_line(exc)}"
+                continue
+            if self._scrub_nul:
+                row = [v.replace("\x00", "") if isinstance(v, str) else v for v in row]
+            rows.append(row)
+        self._spill.reject(rejected)
+        return rows
+
+    def _insert_rows(self, rows: list[list[Any]]) -> None:
+        """One transaction of multi-row INSERTs: the cheap path (see `MultiRowInsert`)."""
+        if not rows:
+            return
+        assert self._insert is not None
+        db = self.db
+        with db.atomic():
+            self._insert.run(db, rows)
+
+    def _insert_records(self, records: list[UsageRecord]) -> int:
+        """Insert in the caller's transaction (re-ingesting); returns how many were stored
+        (a record that cannot be is rejected by `_rows`)."""
+        rows = self._rows(records)
+        if rows:
+            assert self._insert is not None
+            self._insert.run(self.db, rows)
+        return len(rows)
+
+    def _reset_connection(self) -> None:
+        """Drop this thread's connection so the next attempt reconnects (a PostgreSQL
+        connection may be dead). The shared `:memory:` connection is the database: keep it."""
+        db = self._db
+        if db is None or not db.thread_safe:
+            return
+        try:
+            db.close()
+        except Exception:
+            db.dispose()
+
+    # -- spilling and re-ingesting --------------------------------------------------------------
+
+    def _spill_batch(self, records: list[UsageRecord]) -> None:
+        """Spill records to their own file; kept in memory when even that fails."""
+        try:
+            self._spill.write_batch(records)
+        except StoreError as exc:
+            self.last_error = str(exc)
+            log.error("%s; keeping %d records in memory", self.last_error, len(records))
+            self._overflow.extend(records)
+
+    def _drain_queue(self) -> list[UsageRecord]:
+        """Take every record left in the queue (and in overflow); flush markers there fail."""
+        items: list[object] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                items.append(self._queue.get_nowait())
+        with contextlib.suppress(IndexError):
+            while self._overflow:
+                items.append(self._overflow.popleft())
+        records, markers, _ = _split(items)
+        for marker in markers:
+            marker.done.set()
+        return records
+
+    def _ingest_spill(self, *, startup: bool = False) -> bool:
+        """Insert the spill files' records that are not stored yet, then delete the files;
+        on failure retry later, backing off."""
+        self._spill.begin_ingest()
+        paths: list[Path] = []
+        try:
+            paths = self._spill.candidates(startup=startup)
+            for path in paths:
+                self.written_total += self._spill.ingest_file(
+                    path, self.db, self._insert_records, self._batch_size
+                )
+        except Exception as exc:
+            self._spill.pending = True
+            self._last_write_ok = False
+            self.last_error = f"re-ingesting spill files from {self.spill_dir} failed: " + first_line(exc)
+            log.warning("%s; retrying in %.0fs", self.last_error, self._ingest_backoff)
+            self._next_ingest_at = time.monotonic() + self._ingest_backoff
+            self._ingest_backoff = min(self._ingest_backoff * 2, self.ingest_backoff_max)
+            self._reset_connection()
+            return False
+        self._ingest_backoff = 1.0
+        if paths:
+            self._last_write_ok = True
+        return True

@@ -1,0 +1,134 @@
+"""The proxy's own failures, answered in the client's dialect: the pages the HTTP/1 server writes
+while the addon is loaded, and the record and answer when the sidecar's own code fails."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mitmproxy import http, options
+from mitmproxy.net.http import http1, status_codes
+from mitmproxy.proxy import commands
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers.http import ResponseProtocolError
+from mitmproxy.proxy.layers.http._http1 import Http1Server  # what the addon's pages replace
+from mitmproxy.test import taddons, tflow
+
+from addons.errors import DialectErrors, client_message, render_error, sidecar_failed
+from addons.flowstate import state_of
+from agent.records import Outcome
+from tests.addon_flows import UPSTREAM_HOST, llm_flow
+
+REFUSED = "[Errno 111] Connect call failed ('10.1.2.3', 8000)"
+UNRESOLVED = "[Errno -2] Name or service not known"
+
+
+def parse(page: bytes) -> http.Response:
+    head, _, body = page.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    resp = http.Response.make(int(status_line.split()[1]), body)
+    resp.headers = http.Headers([tuple(x.encode() for x in line.split(": ", 1)) for line in lines])  # type: ignore[misc]
+    return resp
+
+
+def error_message(resp: http.Response) -> str:
+    doc = json.loads(resp.content or b"")
+    return doc["error"] if isinstance(doc["error"], str) else doc["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("status", "detail", "said", "not_said"),
+    [
+        (502, REFUSED, "unreachable; check that it is running", "10.1.2.3"),
+        (502, UNRESOLVED, f"unreachable: its host {UPSTREAM_HOST} does not resolve", "failed to answer"),
+        (502, "[Errno -3] Temporary failure in name resolution", "does not resolve", "failed to answer"),
+        (502, "[Errno 101] Network is unreachable", "unreachable; check that it is running", "failed"),
+        (502, "Server disconnected.", "failed to answer", "unreachable"),
+        (
+            413,
+            "Request body exceeds mitmproxy's body_size_limit.",
+            "larger than the sidecar accepts",
+            "mitmproxy",
+        ),
+    ],
+)
+def test_the_client_is_told_the_cause(status: int, detail: str, said: str, not_said: str) -> None:
+    message = client_message(status, detail, UPSTREAM_HOST)
+    assert said in message and not_said not in message
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [("/v1/chat/completions", dict), ("/api/generate", str)],
+)
+def test_pages_are_json_in_the_clients_dialect_with_the_request_id(path: str, shape: type) -> None:
+    request = llm_flow(path, {"model": "m"}, headers={"X-Request-ID": "rid-9"}).request
+    resp = parse(render_error(request, 502, UNRESOLVED))
+    assert resp.status_code == 502
+    assert resp.headers["Content-Type"] == "application/json" and resp.headers["Connection"] == "close"
+    assert resp.headers["X-Request-ID"] == "rid-9"
+    doc = json.loads(resp.content or b"")
+    assert isinstance(doc["error"], shape)
+    assert "unreachable" in error_message(resp) and UPSTREAM_HOST in error_message(resp)
+    if shape is dict:
+        assert (doc["error"]["type"], doc["error"]["code"]) == ("upstream_error", 502)
+
+
+def test_a_page_without_a_request_still_parses() -> None:
+    resp = parse(render_error(None, 502, "Server disconnected."))
+    assert error_message(resp) == "the LLM server behind the sidecar failed to answer"
+
+
+def _written(server: Http1Server, event: ResponseProtocolError) -> list[commands.Command]:
+    return list(server.send(event))
+
+
+def test_while_loaded_the_http1_server_writes_our_page_and_closes() -> None:
+    addon = DialectErrors()
+    server = Http1Server(Context(tflow.tclient_conn(), options.Options()))
+    server.request = llm_flow("/api/chat", {"model": "m"}).request
+    event = ResponseProtocolError(1, REFUSED, 502)
+    with taddons.context(addon):  # load() installs the pages
+        ours = _written(server, event)
+        kept = _written(
+            server, ResponseProtocolError(1, "killed", status_codes.NO_RESPONSE)
+        )  # NO_RESPONSE: nothing to say
+        addon.done()
+    assert [type(c) for c in ours] == [commands.SendData, commands.CloseConnection]
+    page = parse(ours[0].data)  # type: ignore[attr-defined]
+    assert page.status_code == 502 and "unreachable" in json.loads(page.content or b"")["error"]
+    assert b"10.1.2.3" not in ours[0].data  # type: ignore[attr-defined]
+    assert not any(isinstance(c, commands.SendData) and b"error" in c.data for c in kept)
+    stock = _written(server, event)  # unloaded: mitmproxy's own page again
+    assert any(isinstance(c, commands.SendData) and b"<html>" in c.data for c in stock)
+
+
+@pytest.mark.parametrize(
+    ("path", "hook"), [("/v1/chat/completions", "request"), ("/api/chat", "requestheaders")]
+)
+def test_a_failure_of_our_code_before_the_upstream_is_answered_500(path: str, hook: str) -> None:
+    f = llm_flow(path, {"model": "m"}, headers={"X-Request-ID": "crash-1"})
+    sidecar_failed(f, hook, "Auth", RuntimeError("verifier bug"))
+    rec = state_of(f).record
+    assert (rec.outcome, rec.status) == (Outcome.PROXY_ERROR, 500)
+    assert rec.error == f"sidecar failed in Auth.{hook}: RuntimeError: verifier bug"
+    assert f.response is not None and f.response.status_code == 500
+    assert f.response.headers["X-Request-ID"] == "crash-1"
+    assert "the sidecar failed to handle this request" in error_message(f.response)
+    assert "verifier bug" not in (f.response.text or "")  # details go to the log, not the client
+
+
+def test_a_failure_of_our_code_after_the_upstream_only_marks_the_record() -> None:
+    f = llm_flow()
+    f.response = http.Response.make(200, b"{}")
+    sidecar_failed(f, "response", "Meter", ValueError("parse bug"))
+    assert f.response.status_code == 200
+    assert state_of(f).record.outcome == Outcome.PROXY_ERROR
+
+
+def test_the_addon_loads_as_a_mitmdump_script() -> None:
+    with taddons.context() as tctx:
+        script = tctx.script(str(Path(__file__).resolve().parents[1] / "addons" / "errors.py"))
+        assert [type(a).__name__ for a in script.addons] == ["DialectErrors"]
+        assert http1.assemble_response  # the module the pages are assembled with is importable
