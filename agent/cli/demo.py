@@ -1,0 +1,55 @@
+"""`sidemeter demo` and `sidemeter mock-upstream`: the simulated LLM server, alone or with the
+sidecar and a burst of traffic in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from agent import config as configmod
+from agent.cli.common import _fail, _setup_logging
+from agent.config import ConfigError
+
+
+@click.command("mock-upstream")
+@click.option("--dialect", type=click.Choice(["ollama", "openai"]), default="ollama", show_default=True)
+@click.option("--listen", default="127.0.0.1:11434", show_default=True, help="HOST:PORT to serve on.")
+@click.option(
+    "--flavor",
+    type=click.Choice(["vllm", "llamacpp"]),
+    default="vllm",
+    show_default=True,
+    help="For --dialect openai: where streamed usage goes "
+    "(vLLM's separate chunk or llama.cpp's finish chunk).",
+)
+@click.option("--token-delay", type=float, default=0.02, show_default=True, help="Seconds between tokens.")
+def mock_upstream(dialect: str, listen: str, flavor: str, token_delay: float) -> None:
+    """Serve a simulated LLM server (Ollama or vLLM wire format) for demos and tests."""
+    from agent.sim import serve
+
+    try:
+        host, port = configmod.parse_hostport(listen, "--listen")
+    except ConfigError as e:
+        _fail(str(e))
+    serve(dialect, host, port, flavor=flavor, token_delay=token_delay)
+
+
+@click.command()
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="Sidecar HOST:PORT.")
+@click.option("--ops-listen", default="127.0.0.1:9090", show_default=True, help="Ops API HOST:PORT.")
+@click.option("--db", default="sqlite:///data/demo.db", show_default=True, help="Usage store URL.")
+@click.option("-n", "--requests", "count", default=12, show_default=True, help="Requests in the burst.")
+@click.option("--exit", "exit_after", is_flag=True, help="Exit after printing the table.")
+def demo(listen: str, ops_listen: str, db: str, count: int, exit_after: bool) -> None:
+    """Simulated LLM server + sidecar + a burst of traffic; prints the usage table and URLs."""
+    from agent.demo import run_demo
+    from agent.runtime import StartupError
+
+    _setup_logging("warning")
+    try:
+        asyncio.run(run_demo(listen=listen, ops_listen=ops_listen, db=db, count=count, exit_after=exit_after))
+    except StartupError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        pass
