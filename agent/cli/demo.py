@@ -10,10 +10,17 @@ import click
 from agent import config as configmod
 from agent.cli.common import _fail, _setup_logging
 from agent.config import ConfigError
+from agent.records import Dialect
 
 
 @click.command("mock-upstream")
-@click.option("--dialect", type=click.Choice(["ollama", "openai"]), default="ollama", show_default=True)
+@click.option(
+    "--dialect",
+    type=click.Choice([d.value for d in Dialect]),  # the values: click would show enum names
+    default=Dialect.OLLAMA.value,
+    show_default=True,
+    help="Wire format to serve: Ollama's /api/* or the OpenAI-compatible /v1/*.",
+)
 @click.option("--listen", default="127.0.0.1:11434", show_default=True, help="HOST:PORT to serve on.")
 @click.option(
     "--flavor",

@@ -17,7 +17,14 @@ def usage() -> None:
 @usage.command("export")
 @CONFIG_OPTION
 @click.option("--db", help="Usage store URL [default: from config].")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: one JSON object per record; csv: a header line, then one row per record.",
+)
 @click.option("--since", help="Only records newer than this: 24h, 30m, 7d or an ISO-8601 time.")
 @click.option("-o", "--output", type=click.File("w"), default="-", help="File to write [default: stdout].")
 def usage_export(config_path: str | None, db: str | None, fmt: str, since: str | None, output: Any) -> None:
