@@ -4,6 +4,10 @@ sidecar and a burst of traffic in front of it."""
 from __future__ import annotations
 
 import asyncio
+import shlex
+import shutil
+import sys
+from pathlib import Path
 
 import click
 
@@ -54,9 +58,41 @@ def demo(listen: str, ops_listen: str, db: str, count: int, exit_after: bool) ->
     from agent.runtime import StartupError
 
     _setup_logging("warning")
+    sidemeter, not_on_path = sidemeter_invocation(shutil.which("sidemeter"), sys.argv[0], sys.executable)
     try:
-        asyncio.run(run_demo(listen=listen, ops_listen=ops_listen, db=db, count=count, exit_after=exit_after))
+        asyncio.run(
+            run_demo(
+                listen=listen,
+                ops_listen=ops_listen,
+                db=db,
+                count=count,
+                exit_after=exit_after,
+                sidemeter=sidemeter,
+                sidemeter_note=not_on_path,
+            )
+        )
     except StartupError as e:
         _fail(str(e))
     except KeyboardInterrupt:
         pass
+
+
+def sidemeter_invocation(on_path: str | None, argv0: str, python: str) -> tuple[str, str | None]:
+    """How to type a `sidemeter` command in the shell this one was started from, and a note
+    saying why when that is not plain `sidemeter`.
+
+    `on_path` is what `shutil.which("sidemeter")` found. Off PATH, the commands use the absolute
+    path of the running script (argv0, e.g. .venv/bin/sidemeter), or `python -m agent.cli` when
+    that is how it runs; the note names the venv's activate script when there is one."""
+    if on_path:
+        return "sidemeter", None
+    script = Path(argv0)
+    if script.name != "__main__.py" and script.is_file():
+        command = shlex.quote(str(script.resolve()))
+    else:
+        command = f"{shlex.quote(python)} -m agent.cli"
+    activate = Path(python).parent / "activate"
+    note = "sidemeter is not on PATH" + (
+        f"; . {shlex.quote(str(activate.absolute()))} puts it there" if activate.is_file() else ""
+    )
+    return command, note
