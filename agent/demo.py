@@ -164,7 +164,18 @@ async def _start_sidecar(cfg: Config) -> Sidecar:
         return sidecar
 
 
-async def run_demo(*, listen: str, ops_listen: str, db: str, count: int, exit_after: bool) -> None:
+async def run_demo(
+    *,
+    listen: str,
+    ops_listen: str,
+    db: str,
+    count: int,
+    exit_after: bool,
+    sidemeter: str = "sidemeter",
+    sidemeter_note: str | None = None,
+) -> None:
+    """`sidemeter` is how the printed commands start (a path when it is not on PATH), and
+    `sidemeter_note` the line that says why."""
     sim = SimulatedLLM(Dialect.OLLAMA, token_delay=0.01)
     upstream = await sim.start()
     # Ephemeral: lives as long as this process, so the demo's tokens are worthless afterwards.
@@ -203,7 +214,9 @@ async def run_demo(*, listen: str, ops_listen: str, db: str, count: int, exit_af
         )
         print(f"  OpenAI clients:  base_url={proxy}/v1, api_key=$TOKEN")
         print(f"  health:          {ops}/healthz   {ops}/readyz   metrics: {ops}/metrics")
-        print(f"  export:          sidemeter usage export --db {db}")
+        print(f"  export:          {sidemeter} usage export --db {db}")
+        if sidemeter_note:
+            print(f"                   ({sidemeter_note})")
         if not exit_after:
             print("running; Ctrl-C to stop")
             loop = asyncio.get_running_loop()

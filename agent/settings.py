@@ -5,7 +5,7 @@ and checks, which commands take it as a flag, and whether an addon declares it a
 option (always named `sidemeter_<name>`). Everything else is derived from it:
 
 - the `Config` dataclass and its layering (agent/config.py),
-- the click flags of `sidemeter run` and `sidemeter token verify` (agent/cli.py),
+- the click flags of `sidemeter run` and `sidemeter token verify` (agent/cli/),
 - the `loader.add_option` calls of the addons (`declare_options`) and the values they read back
   (`read_options`),
 - the commented file `sidemeter config init` writes, `configs/sidemeter.toml`, and the

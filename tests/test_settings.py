@@ -125,11 +125,11 @@ def _long_flags(command: click.Command) -> set[str]:
 
 
 def test_flags_keep_their_names_and_show_their_help_and_default() -> None:
-    token = cli.main.commands["token"]
+    run, token = cli.main.commands["run"], cli.main.commands["token"]
     assert isinstance(token, click.Group)
-    assert _long_flags(cli.run) == RUN_FLAGS
+    assert _long_flags(run) == RUN_FLAGS
     assert _long_flags(token.commands["verify"]) == TOKEN_VERIFY_FLAGS
-    for param in cli.run.params:
+    for param in run.params:
         assert isinstance(param, click.Option) and param.help, param.name
         s = BY_NAME.get(param.name or "")
         if s is not None and s.default is not None:
@@ -146,8 +146,8 @@ def test_flags_override_the_file_only_when_given(tmp_path: Path, monkeypatch: py
         seen.update(overrides)
         raise SystemExit(0)
 
-    monkeypatch.setattr(cli, "_load", fake_load)
-    monkeypatch.setattr(cli, "_reexec_optimized", lambda: None)
+    monkeypatch.setattr(cli.run, "_load", fake_load)
+    monkeypatch.setattr(cli.run, "_reexec_optimized", lambda: None)
     res = CliRunner().invoke(cli.main, ["run", "--listen", "127.0.0.1:1", "--no-capture-prompts"])
     assert res.exit_code == 0, res.output
     assert seen == {"listen": "127.0.0.1:1", "capture_prompts": False}

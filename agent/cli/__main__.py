@@ -1,0 +1,5 @@
+"""`python -m agent.cli`: what `sidemeter` runs (the `run` command re-execs itself this way)."""
+
+from agent.cli import main
+
+main()
