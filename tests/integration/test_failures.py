@@ -11,7 +11,7 @@ import ollama
 import openai
 import pytest
 
-from tests.conftest import RunningSidecar
+from tests.support.sidecar import RunningSidecar
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "Tell me a long story."}]}
 

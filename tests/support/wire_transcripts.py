@@ -1,4 +1,4 @@
-"""Wire transcripts and helpers shared by the tests/test_wire_*.py files.
+"""Wire transcripts and helpers shared by the tests/unit/test_wire_*.py files.
 
 The transcripts follow the documented shapes: Ollama docs/api.md and api/types.go
 (omitempty counts), vLLM's OpenAI protocol (usage-only chunk with "choices": []),
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from agent.wire.request import RequestInfo, parse_request
 from agent.wire.stream import StreamMeter
+from tests.support.paths import FIXTURES
 
 # --------------------------------------------------------------------------- transcripts
 
@@ -298,7 +298,7 @@ RESPONSES = "/v1/responses"
 # Bytes recorded from llama.cpp's server (xllamacpp 2026.10, gemma-3-270m Q4_K_M, temperature
 # 0); see tests/fixtures/llamacpp/README.md.
 
-LLAMACPP = Path(__file__).parent / "fixtures" / "llamacpp"
+LLAMACPP = FIXTURES / "llamacpp"
 _VARYING = [
     (re.compile(rb'"(id)":"[^"]*"'), rb'"\1":"x"'),
     (re.compile(rb'"(created)":\d+'), rb'"\1":0'),

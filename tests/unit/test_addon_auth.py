@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from mitmproxy import http
@@ -17,7 +16,8 @@ from agent.auth.settings import AuthSettings
 from agent.auth.verify import Verifier
 from agent.metrics import REGISTRY
 from agent.records import Outcome
-from tests.addon_flows import llm_flow
+from tests.support.flows import llm_flow
+from tests.support.paths import ROOT
 
 SECRET = "addon-test-secret-" + "x" * 46
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -139,6 +139,6 @@ async def test_no_settings_no_opinion() -> None:
 
 def test_the_addon_loads_as_a_mitmdump_script() -> None:
     with taddons.context() as tctx:
-        script = tctx.script(str(Path(__file__).resolve().parents[1] / "addons" / "auth.py"))
+        script = tctx.script(str(ROOT / "addons" / "auth.py"))
         assert [type(a).__name__ for a in script.addons] == ["Auth"]
         assert {"sidemeter_auth", "sidemeter_jwt_secret", "sidemeter_jwks_url"} <= set(tctx.options.keys())

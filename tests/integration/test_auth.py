@@ -31,7 +31,7 @@ from addons.auth import Auth
 from addons.flowstate import record_of
 from agent.metrics import REGISTRY
 from agent.sim import SimulatedLLM
-from tests.conftest import RunningSidecar
+from tests.support.sidecar import RunningSidecar
 
 MODEL = "sim-model"
 AUDIENCE = "sidemeter"

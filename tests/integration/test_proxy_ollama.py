@@ -8,7 +8,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.conftest import RunningSidecar
+from tests.support.sidecar import RunningSidecar
 
 MODEL = "llama3.2"
 

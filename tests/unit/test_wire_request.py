@@ -7,7 +7,7 @@ import json
 import pytest
 
 from agent.wire.request import RequestInfo, add_include_usage, classify, parse_request, should_inject_usage
-from tests.wire_transcripts import CHAT, COMPLETIONS, RESPONSES, info_for
+from tests.support.wire_transcripts import CHAT, COMPLETIONS, RESPONSES, info_for
 
 # --------------------------------------------------------------------------- classify
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from agent.sim import SimulatedLLM
-from tests.conftest import RunningSidecar
+from tests.support.sidecar import RunningSidecar
 
 MODEL = "sim-model"
 MESSAGES = [

@@ -19,7 +19,8 @@ import pytest
 from agent.sim import SimulatedLLM
 from agent.store.database import open_database
 from agent.store.queries import get_record
-from tests.conftest import RunningSidecar
+from tests.support.paths import ROOT
+from tests.support.sidecar import RunningSidecar
 
 CLI = [sys.executable, "-m", "agent.cli"]
 
@@ -98,7 +99,7 @@ async def test_cli_run_serves_and_sigterm_drains(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         proxy_port, ops_port = await asyncio.to_thread(_wait_ready, proc)
@@ -135,7 +136,7 @@ async def test_cli_run_serves_and_sigterm_drains(tmp_path: Path) -> None:
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIDEMETER_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = str(ROOT)
     return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
 
 
@@ -220,7 +221,7 @@ def test_config_set_get_and_env_override(tmp_path: Path) -> None:
         env={
             **os.environ,
             "SIDEMETER_UPSTREAM": "http://10.0.0.1:11434",
-            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "PYTHONPATH": str(ROOT),
         },
     )
     assert env_res.stdout.strip() == "http://10.0.0.1:11434"

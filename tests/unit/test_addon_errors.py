@@ -4,7 +4,6 @@ while the addon is loaded, and the record and answer when the sidecar's own code
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from mitmproxy import http, options
@@ -18,7 +17,8 @@ from mitmproxy.test import taddons, tflow
 from addons.errors import DialectErrors, client_message, render_error, sidecar_failed
 from addons.flowstate import state_of
 from agent.records import Outcome
-from tests.addon_flows import UPSTREAM_HOST, llm_flow
+from tests.support.flows import UPSTREAM_HOST, llm_flow
+from tests.support.paths import ROOT
 
 REFUSED = "[Errno 111] Connect call failed ('10.1.2.3', 8000)"
 UNRESOLVED = "[Errno -2] Name or service not known"
@@ -129,6 +129,6 @@ def test_a_failure_of_our_code_after_the_upstream_only_marks_the_record() -> Non
 
 def test_the_addon_loads_as_a_mitmdump_script() -> None:
     with taddons.context() as tctx:
-        script = tctx.script(str(Path(__file__).resolve().parents[1] / "addons" / "errors.py"))
+        script = tctx.script(str(ROOT / "addons" / "errors.py"))
         assert [type(a).__name__ for a in script.addons] == ["DialectErrors"]
         assert http1.assemble_response  # the module the pages are assembled with is importable

@@ -26,9 +26,8 @@ from agent.sim import SimulatedLLM
 from agent.store.database import open_database
 from agent.store.queries import get_record
 from agent.store.writer import UsageStore
-from tests.addon_flows import fail, llm_flow, respond
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.flows import fail, llm_flow, respond
+from tests.support.paths import ROOT
 
 
 @pytest.fixture

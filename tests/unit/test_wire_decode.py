@@ -21,7 +21,14 @@ except ImportError:
 
 from agent.wire.decode import make_decoder
 from agent.wire.stream import StreamMeter
-from tests.wire_transcripts import CHAT, OLLAMA_GENERATE_STREAM, VLLM_CHAT_STREAM, info_for, run, snapshot
+from tests.support.wire_transcripts import (
+    CHAT,
+    OLLAMA_GENERATE_STREAM,
+    VLLM_CHAT_STREAM,
+    info_for,
+    run,
+    snapshot,
+)
 
 # --------------------------------------------------------------------------- decoders
 

@@ -4,7 +4,7 @@
 to a fixed sequence of requests over every route, stream shape, error and fault, with only the
 values that differ between any two runs normalised (ids, timestamps, measured durations). A
 change to the wire format shows up here as a diff; when the change is meant, rewrite the
-transcripts with ``python -m tests.test_sim_wire`` and review the diff.
+transcripts with ``python -m tests.conformance.test_sim_wire`` and review the diff.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import json
 import re
 import sys
 import zlib
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from agent.sim import SimulatedLLM
+from tests.support import paths
 
-FIXTURES = Path(__file__).parent / "fixtures" / "sim"
+FIXTURES = paths.FIXTURES / "sim"
 SERVERS: dict[str, tuple[str, str]] = {
     "ollama": ("ollama", "vllm"),
     "vllm": ("openai", "vllm"),

@@ -29,14 +29,15 @@ import openai
 import pytest
 from aiohttp import web
 
-from tests.conftest import RunningSidecar
+from tests.support.paths import FIXTURES
+from tests.support.sidecar import RunningSidecar
 
-TRANSCRIPTS = sorted((Path(__file__).parent / "fixtures" / "ollama").glob("*.json"))
+TRANSCRIPTS = sorted((FIXTURES / "ollama").glob("*.json"))
 STREAM_TYPES = ("application/x-ndjson", "text/event-stream")
 
 
 def load(name: str) -> dict[str, Any]:
-    return json.loads((Path(__file__).parent / "fixtures" / "ollama" / f"{name}.json").read_text())
+    return json.loads((FIXTURES / "ollama" / f"{name}.json").read_text())
 
 
 def asks_for_usage(body: bytes) -> bool:

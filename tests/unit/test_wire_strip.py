@@ -29,7 +29,7 @@ from agent.wire.strip import (
     merge_verdicts,
 )
 from agent.wire.usage import Usage
-from tests.wire_transcripts import (
+from tests.support.wire_transcripts import (
     CHAT,
     COMPLETIONS,
     LLAMACPP_CHAT_STREAM,

@@ -20,8 +20,7 @@ from agent import config as configmod
 from agent.auth.settings import AuthSettings
 from agent.config import Config
 from agent.settings import BY_NAME, CONFIG_SETTINGS, SETTINGS
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
 
 # The user-visible names as they were before the table: none may change.
 MITMPROXY_OPTIONS = {

@@ -10,7 +10,7 @@ from agent.wire.errors import error_body
 from agent.wire.request import parse_request
 from agent.wire.response import parse_response
 from agent.wire.usage import Usage, estimate_usage
-from tests.wire_transcripts import CHAT, COMPLETIONS, RESPONSES, info_for, recorded, run
+from tests.support.wire_transcripts import CHAT, COMPLETIONS, RESPONSES, info_for, recorded, run
 
 # --------------------------------------------------------------------------- parse_response
 

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from agent.sim import SimulatedLLM
-from tests.conftest import RunningSidecar
+from tests.support.paths import ROOT
+from tests.support.sidecar import RunningSidecar
 
 CLI = [sys.executable, "-m", "agent.cli"]
 SECRET = "cli-test-secret-" + "x" * 32
@@ -27,7 +28,7 @@ SECRET = "cli-test-secret-" + "x" * 32
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIDEMETER_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env
 

@@ -6,7 +6,6 @@ import gzip
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from mitmproxy.test import taddons
@@ -14,7 +13,8 @@ from mitmproxy.test import taddons
 from addons.flowstate import state_of
 from addons.meter import Meter, StreamRelay
 from agent.records import Operation, Outcome, UsageSource
-from tests.addon_flows import UPSTREAM_HOST, chat_chunk, fail, llm_flow, respond, sse, usage_chunk
+from tests.support.flows import UPSTREAM_HOST, chat_chunk, fail, llm_flow, respond, sse, usage_chunk
+from tests.support.paths import ROOT
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi there"}]}
 STREAM = {**CHAT, "stream": True}
@@ -309,6 +309,6 @@ async def test_a_rejected_flow_keeps_its_refusal(meter: Meter) -> None:
 
 def test_the_addon_loads_as_a_mitmdump_script() -> None:
     with taddons.context() as tctx:
-        script = tctx.script(str(Path(__file__).resolve().parents[1] / "addons" / "meter.py"))
+        script = tctx.script(str(ROOT / "addons" / "meter.py"))
         assert [type(a).__name__ for a in script.addons] == ["Meter"]
         assert "sidemeter_inject_usage" in tctx.options

@@ -21,7 +21,7 @@ from mitmproxy.test import tflow
 
 from agent.proxy.dispatch import HookIndex, InlineHookHandler, SidecarOptions, coalesce_writes
 from agent.sim import SimulatedLLM
-from tests.conftest import RunningSidecar
+from tests.support.sidecar import RunningSidecar
 
 
 class Probe:

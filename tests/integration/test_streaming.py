@@ -8,7 +8,7 @@ import uuid
 
 import httpx
 
-from tests.conftest import RunningSidecar
+from tests.support.sidecar import RunningSidecar
 
 
 async def test_first_chunk_arrives_long_before_the_last_is_produced(paced_side: RunningSidecar) -> None:

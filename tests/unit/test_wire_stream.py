@@ -10,7 +10,7 @@ import pytest
 
 from agent.wire.stream import StreamMeter
 from agent.wire.usage import Usage
-from tests.wire_transcripts import (
+from tests.support.wire_transcripts import (
     CHAT,
     COMPLETIONS,
     LLAMACPP_CHAT_STREAM,
