@@ -1,14 +1,15 @@
 """Prometheus metrics of the sidecar, served by the ops API at `GET /metrics`.
 
 One registry for the process (not the global default one), so `/metrics` shows exactly the
-sidecar's series. Metrics are created here once, never per request (STYLE.md).
+sidecar's series. Metrics are created here once, at import, never per request: creating a
+series is a registry lookup under a lock, too slow for the request path.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
-from agent.auth import REASONS
+from agent.auth.errors import REASONS
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
