@@ -1,8 +1,8 @@
 """Prometheus metrics of the sidecar, served by the ops API at `GET /metrics`.
 
 One registry for the process (not the global default one), so `/metrics` shows exactly the
-sidecar's series. Metrics are created here once, at import, never per request: creating a
-series is a registry lookup under a lock, too slow for the request path.
+sidecar's series. Metrics are created here once, at import, never per request (a registry
+refuses the same name twice); the request path only increments them.
 """
 
 from __future__ import annotations
