@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import queue
+import sys
 import threading
 import time
 import typing
@@ -23,7 +24,7 @@ from typing import Any, Final
 import peewee
 
 from agent.records import UsageRecord
-from agent.store.database import StoreError, describe, first_line, migrate, open_database
+from agent.store.database import StoreError, describe, first_line, migrate, open_database, redact_url
 from agent.store.insert import MultiRowInsert
 from agent.store.schema import CONVERTERS_TO_DB, record_values
 from agent.store.spill import SpillFiles, default_spill_dir, rejected_line
@@ -79,6 +80,7 @@ class UsageStore:
         self.url = url
         self._spill = SpillFiles(Path(spill_dir) if spill_dir is not None else default_spill_dir(url))
         self.written_total = 0
+        self.lost_total = 0  # records neither written nor spilled: printed to stderr at close
         self.failed_batches = 0
         self.last_error: str | None = None
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
@@ -219,14 +221,29 @@ class UsageStore:
         self._spill_batch(leftovers)
         self._spill.close_live()
         if self._overflow:
-            log.error(
-                "usage store closing: %d records could be neither written nor spilled to %s",
-                len(self._overflow),
-                self.spill_dir,
-            )
+            self._print_lost()
         if self._db is not None:
             with contextlib.suppress(Exception):
                 self._db.close()
+
+    def _print_lost(self) -> None:
+        """The last resort at close: records neither the database nor the spill directory took
+        go to stderr, one spill-format JSON line each (a container runtime keeps stderr), so a
+        person can drop them into a spill directory or pipe them into `sidemeter db ingest`."""
+        lost = list(self._overflow)
+        self._overflow.clear()
+        self.lost_total += len(lost)
+        log.error(
+            "usage store closing: %d record(s) could be neither written to %s nor spilled to %s; "
+            "printing them to stderr as JSON lines (the lines starting with '{')",
+            len(lost),
+            redact_url(self.url),
+            self.spill_dir,
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.writelines(rejected_line(record) for record in lost)
+        sys.stderr.flush()
 
     # -- writer thread ------------------------------------------------------------------------
 

@@ -1,0 +1,168 @@
+"""Nothing lost at a stop or a crash: the real `sidemeter run` in a subprocess, stopped with a
+real SIGTERM, killed with a real `kill -9`, with a database made unwritable for real."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.sim import SimulatedLLM
+from tests.support.paths import ROOT
+
+CLI = [sys.executable, "-m", "agent.cli"]
+
+
+class SidemeterProcess:
+    """`sidemeter run` in a subprocess; its stderr collected line by line on a thread."""
+
+    def __init__(self, upstream: str, tmp_path: Path, *extra: str) -> None:
+        self.db_path = tmp_path / "usage.db"
+        self.data_dir = tmp_path / "data"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIDEMETER_")}
+        env["PYTHONPATH"] = str(ROOT)
+        self.proc = subprocess.Popen(
+            [
+                *CLI,
+                "run",
+                "--upstream",
+                upstream,
+                "--listen",
+                "127.0.0.1:0",
+                "--ops-listen",
+                "127.0.0.1:0",
+                "--db",
+                f"sqlite:///{self.db_path}",
+                "--auth",
+                "off",
+                "--data-dir",
+                str(self.data_dir),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+        )
+        self.stderr_lines: list[str] = []
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        self.proxy_port, self.ops_port = self._wait_ready()
+        self.url = f"http://127.0.0.1:{self.proxy_port}"
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line.rstrip("\n"))
+
+    def _wait_ready(self) -> tuple[int, int]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("sidemeter ready"):
+                parts = line.replace(",", "").split()  # "sidemeter ready: proxy :P, ops :P (pid N)"
+                return int(parts[3].lstrip(":")), int(parts[5].lstrip(":"))
+        self.proc.wait(30)
+        self._reader.join(10)
+        raise AssertionError("sidecar exited before ready:\n" + "\n".join(self.stderr_lines))
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        return code
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.stderr_lines)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+def stored(db_path: Path) -> dict[str, tuple[str, str | None, int | None, str]]:
+    """request_id -> (outcome, error, completion_tokens, usage_source) as plain sqlite3 reads it."""
+    con = sqlite3.connect(db_path)
+    try:
+        rows = con.execute(
+            "SELECT request_id, outcome, error, completion_tokens, usage_source FROM usage_logs"
+        ).fetchall()
+    finally:
+        con.close()
+    return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+
+def _content_delta(sse_line: str) -> str | None:
+    """The generated text an OpenAI chat stream line carries (None for the role-only chunk)."""
+    if not sse_line.startswith("data: {"):
+        return None
+    choices = json.loads(sse_line[6:]).get("choices") or [{}]
+    return choices[0].get("delta", {}).get("content") or None
+
+
+@pytest.fixture
+def processes() -> Iterator[list[SidemeterProcess]]:
+    started: list[SidemeterProcess] = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+async def test_sigterm_records_streams_it_cuts_after_the_grace_period(
+    tmp_path: Path, processes: list[SidemeterProcess]
+) -> None:
+    sim = SimulatedLLM("openai", token_delay=0.02)
+    await sim.start()
+    try:
+        side = SidemeterProcess(sim.url, tmp_path, "--grace-period", "1")
+        processes.append(side)
+        ids = [uuid.uuid4().hex for _ in range(5)]
+        received = dict.fromkeys(ids, 0)
+        started = asyncio.Event()
+
+        async def stream(client: httpx.AsyncClient, request_id: str) -> None:
+            body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            headers = {"X-Request-ID": request_id, "X-Sim-Tokens": "2000"}  # ~40 s: outlives the grace
+            try:
+                async with client.stream(
+                    "POST", side.url + "/v1/chat/completions", json=body, headers=headers
+                ) as resp:
+                    async for line in resp.aiter_lines():
+                        if _content_delta(line):
+                            received[request_id] += 1
+                            if all(received.values()):
+                                started.set()
+            except httpx.HTTPError:
+                pass  # cut by the stop: what this test is about
+
+        async with httpx.AsyncClient(timeout=30) as client:
+            tasks = [asyncio.create_task(stream(client, rid)) for rid in ids]
+            await asyncio.wait_for(started.wait(), 20)
+            side.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(side.wait, 60)
+            await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    finally:
+        await sim.stop()
+    records = stored(side.db_path)
+    assert code == 0, side.stderr
+    for rid in ids:
+        assert rid in records, f"no record for the cut stream {rid}:\n{side.stderr}"
+        outcome, error, tokens, source = records[rid]
+        assert outcome == "proxy_error"
+        assert error is not None and "shutdown" in error and "grace period" in error
+        assert source == "estimated" and tokens is not None and tokens >= received[rid] > 0
+    assert "Traceback" not in side.stderr and "CancelledError" not in side.stderr, side.stderr
+    last = side.stderr_lines[-1]
+    assert "stopped:" in last and "5 record(s) written" in last and "0 spilled" in last, side.stderr
