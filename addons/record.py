@@ -48,11 +48,11 @@ class Recorder:
         return len(self._live)
 
     def load(self, loader: Loader) -> None:
-        declare_options(loader, "store")  # sidemeter_db
+        declare_options(loader, "store")  # sidemeter_db, sidemeter_journal
 
     def running(self) -> None:
         if self.store is None:
-            self.store = UsageStore(ctx.options.sidemeter_db)
+            self.store = UsageStore(ctx.options.sidemeter_db, journal=ctx.options.sidemeter_journal)
             self.store.start()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:

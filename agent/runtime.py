@@ -67,6 +67,7 @@ class Sidecar:
             queue_size=config.queue_size,
             batch_size=config.batch_size,
             spill_dir=self.data_dir / "spill",
+            journal=config.journal,
         )
         self.recorder = Recorder(self.store)
         self.auth_settings = AuthSettings.from_config(config)

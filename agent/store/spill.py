@@ -60,7 +60,7 @@ def _ts_key(ts: object) -> str:
     return ts_to_db(ts) if isinstance(ts, datetime) else repr(ts)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if os.name == "nt":
         return False  # os.kill(pid, 0) sends CTRL_C_EVENT on Windows
     try:
@@ -196,7 +196,7 @@ class SpillFiles:
             if match is None:
                 continue
             pid = int(match.group(1))
-            if pid != own and _pid_alive(pid):
+            if pid != own and pid_alive(pid):
                 continue  # another running sidecar still appends to it
             found.append(path)
         return found

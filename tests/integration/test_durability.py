@@ -4,6 +4,7 @@ real SIGTERM, killed with a real `kill -9`, with a database made unwritable for 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -110,6 +111,91 @@ def _content_delta(sse_line: str) -> str | None:
         return None
     choices = json.loads(sse_line[6:]).get("choices") or [{}]
     return choices[0].get("delta", {}).get("content") or None
+
+
+@contextlib.contextmanager
+def immutable(paths: Sequence[Path]) -> Iterator[None]:
+    """The files made unwritable for real (`chattr +i`: root cannot write them either, and
+    SQLite opens the database read-only); skips where the filesystem or the user cannot."""
+    present = [str(p) for p in paths if p.exists()]
+    res = subprocess.run(["chattr", "+i", *present], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"chattr +i is not available here: {res.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *present], check=True)
+
+
+def db_files(db_path: Path) -> list[Path]:
+    """The SQLite database and its write-ahead log (not -shm: an immutable mapping is SIGBUS)."""
+    return [db_path, db_path.with_name(db_path.name + "-wal")]
+
+
+async def load_until_killed(url: str, answered_before_kill: int, kill: subprocess.Popen[str]) -> set[str]:
+    """Chat requests from 8 clients; once `answered_before_kill` are answered, `kill -9` the
+    sidecar while the others are mid-request. Returns the ids of the requests answered in full."""
+    answered: set[str] = set()
+    killed = asyncio.Event()
+    body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+    async def client(http: httpx.AsyncClient) -> None:
+        for _ in range(answered_before_kill):  # bounded: the kill ends it much sooner
+            request_id = uuid.uuid4().hex
+            try:
+                resp = await http.post(
+                    url + "/v1/chat/completions", json=body, headers={"X-Request-ID": request_id}
+                )
+            except httpx.HTTPError:
+                if killed.is_set():
+                    return
+                raise
+            assert resp.status_code == 200, resp.text
+            answered.add(request_id)
+            if len(answered) >= answered_before_kill and not killed.is_set():
+                kill.send_signal(signal.SIGKILL)
+                killed.set()
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        await asyncio.wait_for(asyncio.gather(*(client(http) for _ in range(8))), 120)
+    assert killed.is_set()
+    return answered
+
+
+def rows_per_request(db_path: Path) -> dict[str, int]:
+    con = sqlite3.connect(db_path)
+    try:
+        return dict(con.execute("SELECT request_id, COUNT(*) FROM usage_logs GROUP BY request_id").fetchall())
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("database", ["healthy", "read-only"])
+async def test_kill_9_under_load_loses_no_answered_record(
+    tmp_path: Path, processes: list[SidemeterProcess], database: str
+) -> None:
+    sim = SimulatedLLM("openai")
+    await sim.start()
+    try:
+        side = SidemeterProcess(sim.url, tmp_path)
+        processes.append(side)
+        with contextlib.ExitStack() as unwritable:
+            if database == "read-only":
+                unwritable.enter_context(immutable(db_files(side.db_path)))
+            answered = await load_until_killed(side.url, 600, side.proc)
+            assert side.wait(30) == -signal.SIGKILL
+        # The next start replays the journal the killed process left behind.
+        again = SidemeterProcess(sim.url, tmp_path)
+        processes.append(again)
+        again.proc.send_signal(signal.SIGTERM)
+        assert again.wait(60) == 0, again.stderr
+    finally:
+        await sim.stop()
+    rows = rows_per_request(side.db_path)
+    lost = answered - rows.keys()
+    assert not lost, f"{len(lost)} of {len(answered)} answered requests have no record"
+    assert all(n == 1 for n in rows.values()), "a replayed record was stored twice"
+    assert "replaying" in again.stderr and "Traceback" not in again.stderr
 
 
 @pytest.fixture
