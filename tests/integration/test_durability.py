@@ -252,3 +252,46 @@ async def test_sigterm_records_streams_it_cuts_after_the_grace_period(
     assert "Traceback" not in side.stderr and "CancelledError" not in side.stderr, side.stderr
     last = side.stderr_lines[-1]
     assert "stopped:" in last and "5 record(s) written" in last and "0 spilled" in last, side.stderr
+
+
+async def test_sigterm_with_nowhere_to_write_exits_non_zero_and_prints_the_records(
+    tmp_path: Path, processes: list[SidemeterProcess]
+) -> None:
+    sim = SimulatedLLM("openai")
+    await sim.start()
+    try:
+        side = SidemeterProcess(sim.url, tmp_path)
+        processes.append(side)
+        spill = side.data_dir / "spill"
+        with immutable(db_files(side.db_path)):
+            for path in spill.iterdir():
+                path.unlink()
+            spill.rmdir()
+            spill.write_text("not a directory any more\n")  # the spill directory, replaced by a file
+            ids = [uuid.uuid4().hex for _ in range(5)]
+            body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            async with httpx.AsyncClient(timeout=30) as http:
+                for request_id in ids:
+                    resp = await http.post(
+                        side.url + "/v1/chat/completions", json=body, headers={"X-Request-ID": request_id}
+                    )
+                    assert resp.status_code == 200
+            side.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(side.wait, 90)
+    finally:
+        await sim.stop()
+    assert code != 0, side.stderr
+    printed = [json.loads(line) for line in side.stderr_lines if line.startswith("{")]
+    assert {r["request_id"] for r in printed} == set(ids)
+    assert "Traceback" not in side.stderr
+    last = side.stderr_lines[-1]
+    assert "stopped:" in last and "5 lost" in last, side.stderr
+    # The documented recovery: those lines, dropped into the spill directory, are stored at the next start.
+    spill.unlink()
+    spill.mkdir()
+    (spill / "usage-spill-recovered.jsonl").write_text("".join(json.dumps(r) + "\n" for r in printed))
+    again = SidemeterProcess(sim.url, tmp_path)
+    processes.append(again)
+    again.proc.send_signal(signal.SIGTERM)
+    assert again.wait(60) == 0, again.stderr
+    assert set(ids) <= stored(side.db_path).keys()
