@@ -10,7 +10,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from addons.flowstate import state_of
-from agent.records import UsageRecord
+from agent.records import Outcome, UsageRecord
 from agent.settings import declare_options
 from agent.store.writer import UsageStore
 
@@ -24,22 +24,39 @@ class Recorder:
     def __init__(self, store: UsageStore | None = None) -> None:
         self.store = store
         self._owns_store = store is None
-        self.in_flight = 0
+        self._live: dict[int, http.HTTPFlow] = {}  # flows between requestheaders and their record
         self.idle = asyncio.Event()  # set while nothing is in flight; the graceful stop waits on it
         self.idle.set()
         # Called with each record as it is submitted (metrics, tests); must be quick.
         self.listeners: list[Callable[[UsageRecord], None]] = []
 
+    @property
+    def in_flight(self) -> int:
+        return len(self._live)
+
+    def live_flows(self) -> list[http.HTTPFlow]:
+        """The flows whose record is not submitted yet."""
+        return list(self._live.values())
+
+    def cut(self, reason: str) -> int:
+        """Mark every flow in flight as failed by the sidecar with `reason` (a stop cuts them
+        next); each is recorded as usual when its `error` hook fires. Returns how many."""
+        for flow in self._live.values():
+            rec = state_of(flow).record
+            if rec.outcome != Outcome.PROXY_ERROR:
+                rec.outcome, rec.error = Outcome.PROXY_ERROR, reason
+        return len(self._live)
+
     def load(self, loader: Loader) -> None:
-        declare_options(loader, "store")  # sidemeter_db
+        declare_options(loader, "store")  # sidemeter_db, sidemeter_journal
 
     def running(self) -> None:
         if self.store is None:
-            self.store = UsageStore(ctx.options.sidemeter_db)
+            self.store = UsageStore(ctx.options.sidemeter_db, journal=ctx.options.sidemeter_journal)
             self.store.start()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        self.in_flight += 1
+        self._live[id(flow)] = flow
         self.idle.clear()
         state_of(flow).in_flight = True
 
@@ -60,8 +77,8 @@ class Recorder:
         state.recorded = True
         if state.in_flight:
             state.in_flight = False
-            self.in_flight -= 1
-            if not self.in_flight:
+            self._live.pop(id(flow), None)
+            if not self._live:
                 self.idle.set()
         rec = state.record
         if rec.status is None and flow.response is not None:

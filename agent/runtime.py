@@ -20,7 +20,9 @@ from typing import Any
 from aiohttp import web
 from mitmproxy import hooks, http
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
+from mitmproxy.flow import Error
 from mitmproxy.master import Master
+from mitmproxy.proxy.layers.http import HttpErrorHook
 
 from addons.auth import Auth
 from addons.errors import DialectErrors, sidecar_failed
@@ -36,6 +38,8 @@ from agent.store.writer import UsageStore
 from ops_api.app import build_app
 
 log = logging.getLogger("sidemeter")
+
+_CUT_WAIT_S = 5.0  # after the grace period: for cut flows to be recorded and their connections to close
 
 
 class StartupError(Exception):
@@ -63,6 +67,7 @@ class Sidecar:
             queue_size=config.queue_size,
             batch_size=config.batch_size,
             spill_dir=self.data_dir / "spill",
+            journal=config.journal,
         )
         self.recorder = Recorder(self.store)
         self.auth_settings = AuthSettings.from_config(config)
@@ -76,6 +81,7 @@ class Sidecar:
         self._stop_requested = asyncio.Event()
         self.proxy_port: int | None = None
         self.ops_port: int | None = None
+        self.cut_total = 0  # requests in flight when the grace period ended
 
     # -- state the ops API reads ---------------------------------------------------
 
@@ -199,7 +205,8 @@ class Sidecar:
         await self.stop()
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish within the grace period, drain the store."""
+        """Stop accepting, let in-flight requests finish within the grace period, record what
+        it cuts, drain the store. Ends with the one summary line."""
         if self._draining:
             return
         self._draining = True
@@ -214,9 +221,34 @@ class Sidecar:
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.recorder.idle.wait(), self.config.grace_period)
-            if self.recorder.in_flight:
-                log.warning("grace period over: cutting %d request(s)", self.recorder.in_flight)
+            await self._cut_connections()
         await self._teardown()
+
+    async def _cut_connections(self) -> None:
+        """Close every connection still open (streams past the grace period, idle keep-alive
+        clients), each flow in flight recorded as a proxy_error with what it streamed. Closing
+        them here, rather than leaving them to `master.shutdown()`, runs their `error` hooks and
+        lets their tasks end, so no record is lost and no cancelled task is left behind."""
+        assert self.master is not None
+        reason = f"cut by shutdown after the {self.config.grace_period:g} s grace period"
+        if cut := self.recorder.cut(reason):
+            log.warning("grace period over: cutting %d request(s)", cut)
+            self.cut_total += cut
+        ps = self.master.addons.get("proxyserver")
+        handlers = list(ps.connections.values()) if ps is not None else []
+        for handler in handlers:
+            io = handler.transports.get(handler.client)
+            if io is not None and io.handler is not None:
+                io.handler.cancel(reason)  # mitmproxy sees the client go: the flow's error hook fires
+        deadline = time.monotonic() + _CUT_WAIT_S
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.recorder.idle.wait(), _CUT_WAIT_S)
+        for flow in self.recorder.live_flows():  # no error hook came: record it ourselves
+            if flow.error is None:
+                flow.error = Error(reason)
+            await self.master.addons.handle_lifecycle(HttpErrorHook(flow))
+        while ps is not None and ps.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the handlers close their upstream side and end
 
     async def _teardown(self) -> None:
         gc.unfreeze()  # objects of a stopped sidecar (tests and the demo start several) may go
@@ -233,11 +265,20 @@ class Sidecar:
         if self.verifier is not None:
             await self.verifier.aclose()
         await asyncio.to_thread(self.store.close)
-        log.info(
-            "stopped: %d record(s) written, %d spilled to disk",
-            self.store.written_total,
-            self.store.spilled_total,
+        log.log(logging.ERROR if self.store.lost_total else logging.INFO, "%s", self.summary())
+
+    def summary(self) -> str:
+        """The stop's last line: where every record of this run went."""
+        store = self.store
+        text = (
+            f"stopped: {store.written_total} record(s) written, {store.spilled_total} spilled to "
+            f"{store.spill_dir}, {store.lost_total} lost"
         )
+        if store.lost_total:
+            text += " (printed to stderr as JSON lines: see Durability in the README to re-ingest them)"
+        if self.cut_total:
+            text += f"; {self.cut_total} request(s) cut by the grace period"
+        return text
 
 
 def _when_ours_fails(ours: tuple[object, ...]) -> HandlerError:
@@ -360,8 +401,9 @@ def _fmt(host: str, port: int | None) -> str:
     return f"{host}:{port}"
 
 
-async def serve(config: Config) -> None:
-    """`sidemeter run`: start, serve until SIGTERM/SIGINT, stop gracefully."""
+async def serve(config: Config) -> int:
+    """`sidemeter run`: start, serve until SIGTERM/SIGINT, stop gracefully. Returns the exit
+    status: 1 when records could be neither written nor spilled (they went to stderr)."""
     sidecar = Sidecar(config)
     await sidecar.start()
     loop = asyncio.get_running_loop()
@@ -377,3 +419,4 @@ async def serve(config: Config) -> None:
         flush=True,
     )
     await sidecar.run_until_stopped()
+    return 1 if sidecar.store.lost_total else 0

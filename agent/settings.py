@@ -301,6 +301,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", int, 500, "store",
             "Records written per transaction.",
             checks=(positive,)),
+    Setting("journal", bool, True, "store",
+            "Append each record to a journal in data_dir/spill before it is queued, so a crash of "
+            "the process loses no finished request's record (README: Durability).",
+            mitmproxy=True),
     Setting("capture_prompts", bool, False, "meter",
             "Store prompt text on usage records (off by default: prompts may be private).",
             flag_for=(RUN,), mitmproxy=True),

@@ -39,6 +39,8 @@ def run(config_path: str | None, **flags: Any) -> None:
     _setup_logging(cfg.log_level)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(serve(cfg))
+            status = runner.run(serve(cfg))
     except StartupError as e:
         _fail(str(e))
+    if status:
+        sys.exit(status)  # records were lost: the summary line said how many and where they went

@@ -7,7 +7,8 @@ carry the writing process's pid, so a running sidecar's files are left alone, an
 claimed by renaming it before it is read, so no two ingests take the same one. Re-ingesting
 is idempotent: a record whose (request_id, ts) is stored already is skipped, so a crash at
 any point counts no record twice. What can never be stored goes to `usage-rejected-*.jsonl`
-for a human to inspect, and is never re-ingested.
+for a human to inspect, and is never re-ingested. A file a person drops in named
+`usage-spill-recovered*.jsonl` (e.g. the records a stop printed to stderr) is ingested too.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from agent.store.schema import COLUMNS, UsageLog, ts_to_db
 log = logging.getLogger(__name__)
 
 SPILL_PREFIX: Final = "usage-spill-"
+RECOVERED_PREFIX: Final = "usage-spill-recovered"  # records a person saved (e.g. from stderr)
 _SPILL_NAME: Final = re.compile(r"usage-spill-(\d+)-")
 
 
@@ -60,7 +62,7 @@ def _ts_key(ts: object) -> str:
     return ts_to_db(ts) if isinstance(ts, datetime) else repr(ts)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if os.name == "nt":
         return False  # os.kill(pid, 0) sends CTRL_C_EVENT on Windows
     try:
@@ -192,11 +194,14 @@ class SpillFiles:
             # A .tmp is a batch spill still being written, unless no writer is running yet.
             if path.name.endswith(".tmp") and not startup:
                 continue
+            if path.name.startswith(RECOVERED_PREFIX):  # put here by a person: no process owns it
+                found.append(path)
+                continue
             match = _SPILL_NAME.match(path.name)
             if match is None:
                 continue
             pid = int(match.group(1))
-            if pid != own and _pid_alive(pid):
+            if pid != own and pid_alive(pid):
                 continue  # another running sidecar still appends to it
             found.append(path)
         return found

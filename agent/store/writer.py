@@ -1,9 +1,10 @@
-"""The usage writer: `UsageStore.submit` puts a record on a bounded queue, one writer thread
-commits batches of multi-row INSERTs.
+"""The usage writer: `UsageStore.submit` appends a record to the journal, puts it on a bounded
+queue, and one writer thread commits batches of multi-row INSERTs.
 
 The proxy calls `submit` on the event loop for every request, so it never blocks and never
 raises: when the queue is full, or the database keeps failing, records go to spill files
-(`agent/store/spill.py`) and are re-ingested later. Nothing is dropped.
+(`agent/store/spill.py`) and are re-ingested later. Nothing is dropped. The journal
+(`agent/store/journal.py`) keeps what is still in memory safe from a crash of the process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import queue
+import sys
 import threading
 import time
 import typing
@@ -23,8 +25,9 @@ from typing import Any, Final
 import peewee
 
 from agent.records import UsageRecord
-from agent.store.database import StoreError, describe, first_line, migrate, open_database
+from agent.store.database import StoreError, describe, first_line, migrate, open_database, redact_url
 from agent.store.insert import MultiRowInsert
+from agent.store.journal import Journal
 from agent.store.schema import CONVERTERS_TO_DB, record_values
 from agent.store.spill import SpillFiles, default_spill_dir, rejected_line
 
@@ -39,22 +42,41 @@ class _FlushMarker:
     ok: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class _SegmentFull:
+    """Queued behind the last record of a full journal segment: once the writer has stored
+    everything before it, the segment can go."""
+
+    path: Path
+
+
 _STOP: Final = object()
 
 
-def _split(items: list[object]) -> tuple[list[UsageRecord], list[_FlushMarker], bool]:
-    """Queue items as (records, flush markers, whether the stop sentinel was among them)."""
+class _Items(typing.NamedTuple):
+    records: list[UsageRecord]
+    markers: list[_FlushMarker]
+    segments: list[Path]
+    stop: bool
+
+
+def _split(items: list[object]) -> _Items:
+    """Queue items as records, flush markers, full journal segments, and whether the stop
+    sentinel was among them."""
     records: list[UsageRecord] = []
     markers: list[_FlushMarker] = []
+    segments: list[Path] = []
     stop = False
     for item in items:
         if item is _STOP:
             stop = True
         elif isinstance(item, _FlushMarker):
             markers.append(item)
+        elif isinstance(item, _SegmentFull):
+            segments.append(item.path)
         else:
             records.append(typing.cast(UsageRecord, item))
-    return records, markers, stop
+    return _Items(records, markers, segments, stop)
 
 
 class UsageStore:
@@ -73,12 +95,17 @@ class UsageStore:
         flush_interval: float = 0.25,
         spill_dir: str | Path | None = None,
         linger: float = 0.05,
+        journal: bool = True,
     ) -> None:
         if queue_size < 1 or batch_size < 1 or flush_interval <= 0:
             raise ValueError("queue_size and batch_size must be >= 1, flush_interval > 0")
         self.url = url
         self._spill = SpillFiles(Path(spill_dir) if spill_dir is not None else default_spill_dir(url))
+        self.journal = Journal(self._spill.directory) if journal else None
+        self._full_segments: collections.deque[Path] = collections.deque()  # not queued yet (loop only)
+        self._stored_segments: list[Path] = []  # behind the writer, kept while overflow holds records
         self.written_total = 0
+        self.lost_total = 0  # records neither written nor spilled: printed to stderr at close
         self.failed_batches = 0
         self.last_error: str | None = None
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
@@ -143,6 +170,8 @@ class UsageStore:
         try:
             migrate(db)
             self._spill.check_writable()
+            if self.journal is not None:
+                self.journal.adopt_orphans()  # a crashed run's journal: replayed just below
         except BaseException:
             with contextlib.suppress(Exception):
                 db.close()
@@ -161,11 +190,15 @@ class UsageStore:
         request, so a full queue spills the record to disk instead of waiting."""
         try:
             if not self._closed.is_set():
+                if self.journal is not None and (full := self.journal.append(record)) is not None:
+                    self._full_segments.append(full)
                 try:
                     self._queue.put_nowait(record)
                 except queue.Full:
                     pass
                 else:
+                    if self._full_segments:
+                        self._queue_full_segments()
                     if self._final_drain.is_set():  # lost a race with close(): nobody else
                         self._spill_batch(self._drain_queue())  # will read the queue now
                     return
@@ -173,6 +206,13 @@ class UsageStore:
         except Exception as exc:  # metering must never break the proxy
             self._overflow.append(record)
             self.last_error = f"cannot spill a usage record to {self.spill_dir}: {first_line(exc)}"
+
+    def _queue_full_segments(self) -> None:
+        """Queue each full journal segment behind its records (later if the queue is full)."""
+        with contextlib.suppress(queue.Full):
+            while self._full_segments:
+                self._queue.put_nowait(_SegmentFull(self._full_segments[0]))
+                self._full_segments.popleft()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until everything submitted before the call is committed (spilled records
@@ -218,15 +258,32 @@ class UsageStore:
             log.warning("usage store closing: spilling %d unwritten records", len(leftovers))
         self._spill_batch(leftovers)
         self._spill.close_live()
+        if self.journal is not None:  # everything is stored or spilled, unless overflow holds some
+            self.journal.close(delete=not self._overflow)
         if self._overflow:
-            log.error(
-                "usage store closing: %d records could be neither written nor spilled to %s",
-                len(self._overflow),
-                self.spill_dir,
-            )
+            self._print_lost()
         if self._db is not None:
             with contextlib.suppress(Exception):
                 self._db.close()
+
+    def _print_lost(self) -> None:
+        """The last resort at close: records neither the database nor the spill directory took
+        go to stderr, one spill-format JSON line each (a container runtime keeps stderr), so a
+        person can drop them into a spill directory or pipe them into `sidemeter db ingest`."""
+        lost = list(self._overflow)
+        self._overflow.clear()
+        self.lost_total += len(lost)
+        log.error(
+            "usage store closing: %d record(s) could be neither written to %s nor spilled to %s; "
+            "printing them to stderr as JSON lines (the lines starting with '{')",
+            len(lost),
+            redact_url(self.url),
+            self.spill_dir,
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.writelines(rejected_line(record) for record in lost)
+        sys.stderr.flush()
 
     # -- writer thread ------------------------------------------------------------------------
 
@@ -240,7 +297,7 @@ class UsageStore:
                 if self._spill.pending and time.monotonic() >= self._next_ingest_at:
                     self._ingest_spill()
                 continue
-            records, markers, stop = _split(items)
+            records, markers, segments, stop = _split(items)
             stopping = stopping or stop
             try:
                 self._handle(records, markers)
@@ -251,9 +308,18 @@ class UsageStore:
                 self._spill_batch(records)  # re-ingest skips any that did get stored
                 for marker in markers:
                     marker.done.set()
+            self._retire_segments(segments)
             if self._abort.is_set():
                 break
         self._reset_connection()
+
+    def _retire_segments(self, segments: list[Path]) -> None:
+        """Every record queued before these journal segments' markers is now committed or
+        spilled, unless it waits in overflow: delete the segments once overflow is empty."""
+        self._stored_segments.extend(segments)
+        if self._stored_segments and not self._overflow and self.journal is not None:
+            self.journal.retire(self._stored_segments)
+            self._stored_segments = []
 
     def _take(self, *, block: bool) -> list[object] | None:
         """The first item (waiting up to flush_interval) plus whatever else is already
@@ -376,7 +442,7 @@ class UsageStore:
         with contextlib.suppress(IndexError):
             while self._overflow:
                 items.append(self._overflow.popleft())
-        records, markers, _ = _split(items)
+        records, markers, _, _ = _split(items)
         for marker in markers:
             marker.done.set()
         return records

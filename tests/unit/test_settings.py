@@ -25,6 +25,7 @@ from tests.support.paths import ROOT
 # The user-visible names as they were before the table: none may change.
 MITMPROXY_OPTIONS = {
     "sidemeter_auth",
+    "sidemeter_journal",
     "sidemeter_jwt_secret",
     "sidemeter_jwt_secret_file",
     "sidemeter_jwt_public_key",
@@ -77,7 +78,7 @@ CONFIG_KEYS = {
     *("upstream", "listen", "ops_listen", "db", "auth", "jwt_secret", "jwt_secret_file"),
     *("jwt_public_key", "jwks_url", "jwks_file", "jwks_refresh", "jwt_audience", "jwt_issuer"),
     *("jwt_leeway", "team_claim", "require_user_match", "max_token_bytes", "forward_authorization"),
-    *("upstream_api_key", "grace_period", "queue_size", "batch_size", "capture_prompts"),
+    *("upstream_api_key", "grace_period", "queue_size", "batch_size", "journal", "capture_prompts"),
     *("body_size_limit", "data_dir", "log_level"),
 }
 
