@@ -29,6 +29,7 @@ from addons.record import Recorder
 from agent.auth.errors import KeyConfigError
 from agent.auth.settings import AuthSettings
 from agent.auth.verify import Verifier
+from agent import metrics
 from agent.config import Config, ConfigError, parse_size
 from agent.proxy.dispatch import HandlerError, HookIndex, SidecarOptions, use_inline_hooks
 from agent.store.database import StoreError, open_database, redact_url
@@ -65,6 +66,15 @@ class Sidecar:
             spill_dir=self.data_dir / "spill",
         )
         self.recorder = Recorder(self.store)
+        self.metrics = metrics.RequestMetrics(
+            max_teams=config.metrics_max_teams,
+            max_models=config.metrics_max_models,
+            user_label=config.metrics_user_label,
+            max_users=config.metrics_max_users,
+            in_flight=lambda: self.recorder.in_flight,
+            store=self.store,
+        )
+        self.recorder.listeners.append(self.metrics.observe)
         self.auth_settings = AuthSettings.from_config(config)
         self.verifier: Verifier | None = None  # loaded in preflight when auth is on
         self.started_at = time.time()
@@ -111,6 +121,7 @@ class Sidecar:
         try:
             if self.verifier is not None:
                 await self.verifier.start()  # warm the JWKS cache; an IdP that is down is only logged
+            metrics.activate(self.metrics)  # /metrics shows this sidecar's series
             await self._start_proxy()
             await self._start_ops()
         except BaseException:
@@ -233,6 +244,7 @@ class Sidecar:
         if self.verifier is not None:
             await self.verifier.aclose()
         await asyncio.to_thread(self.store.close)
+        metrics.deactivate(self.metrics)
         log.info(
             "stopped: %d record(s) written, %d spilled to disk",
             self.store.written_total,
