@@ -326,8 +326,7 @@ SETTINGS: tuple[Setting, ...] = (
             checks=(positive,)),
     Setting("metrics_user_label", bool, False, "metrics",
             "Also count requests and tokens per user (sidemeter_user_*_total); off by default: "
-            "one series per user, and user names are personal data.",
-            flag_for=(RUN,)),
+            "one series per user, and user names are personal data."),
     Setting("metrics_max_users", int, 100, "metrics",
             "Distinct user label values /metrics keeps with metrics_user_label; later users are 'other'.",
             checks=(positive,)),
