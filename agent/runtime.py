@@ -26,10 +26,10 @@ from addons.auth import Auth
 from addons.errors import DialectErrors, sidecar_failed
 from addons.meter import Meter
 from addons.record import Recorder
+from agent import metrics
 from agent.auth.errors import KeyConfigError
 from agent.auth.settings import AuthSettings
 from agent.auth.verify import Verifier
-from agent import metrics
 from agent.config import Config, ConfigError, parse_size
 from agent.proxy.dispatch import HandlerError, HookIndex, SidecarOptions, use_inline_hooks
 from agent.store.database import StoreError, open_database, redact_url

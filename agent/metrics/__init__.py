@@ -37,12 +37,15 @@ AUTH_FAILURES = Counter(
 for _reason in REASONS:
     AUTH_FAILURES.labels(_reason)
 
-BUILD_INFO = Gauge("sidemeter_build_info", "Always 1; the sidecar's version as a label.", ["version"], registry=REGISTRY)
+BUILD_INFO = Gauge(
+    "sidemeter_build_info", "Always 1; the sidecar's version as a label.", ["version"], registry=REGISTRY
+)
 BUILD_INFO.labels(__version__).set(1)
 
 UPSTREAM_UP = Gauge(
     "sidemeter_upstream_up",
-    "1 when the last probe of the upstream LLM server succeeded, 0 when it failed, NaN before the first probe.",
+    "1 when the last probe of the upstream LLM server succeeded, 0 when it failed, "
+    "NaN before the first probe.",
     registry=REGISTRY,
 )
 UPSTREAM_UP.set(math.nan)

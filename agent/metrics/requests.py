@@ -258,7 +258,8 @@ class RequestMetrics:
         )
         yield _counter(
             "sidemeter_user_requests_total",
-            "Requests by outcome and user (only with metrics_user_label = true; users capped by metrics_max_users).",
+            "Requests by outcome and user (only with metrics_user_label = true; "
+            "users capped by metrics_max_users).",
             ("outcome", "user"),
             self.user_requests,
         )
