@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean prometheus
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Sidemeter needs Python 3.11 or newer; run: make PYTHON=python3.11 ...")'
@@ -25,7 +25,15 @@ $(VENV)/.installed-test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/sidemeter demo
 
-test: $(VENV)/.installed-test
+# tests/integration/test_prometheus.py starts Debian's prometheus (2.42): installed here when missing
+# and running as root, otherwise that test skips and says why.
+prometheus:
+	@if ! command -v prometheus >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus \
+		|| echo "*** WARNING: could not install prometheus: tests/integration/test_prometheus.py will be skipped ***"; \
+	fi
+
+test: $(VENV)/.installed-test prometheus
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

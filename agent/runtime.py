@@ -28,6 +28,7 @@ from addons.auth import Auth
 from addons.errors import DialectErrors, sidecar_failed
 from addons.meter import Meter
 from addons.record import Recorder
+from agent import metrics
 from agent.auth.errors import KeyConfigError
 from agent.auth.settings import AuthSettings
 from agent.auth.verify import Verifier
@@ -70,6 +71,15 @@ class Sidecar:
             journal=config.journal,
         )
         self.recorder = Recorder(self.store)
+        self.metrics = metrics.RequestMetrics(
+            max_teams=config.metrics_max_teams,
+            max_models=config.metrics_max_models,
+            user_label=config.metrics_user_label,
+            max_users=config.metrics_max_users,
+            in_flight=lambda: self.recorder.in_flight,
+            store=self.store,
+        )
+        self.recorder.listeners.append(self.metrics.observe)
         self.auth_settings = AuthSettings.from_config(config)
         self.verifier: Verifier | None = None  # loaded in preflight when auth is on
         self.started_at = time.time()
@@ -117,6 +127,7 @@ class Sidecar:
         try:
             if self.verifier is not None:
                 await self.verifier.start()  # warm the JWKS cache; an IdP that is down is only logged
+            metrics.activate(self.metrics)  # /metrics shows this sidecar's series
             await self._start_proxy()
             await self._start_ops()
         except BaseException:
@@ -265,6 +276,7 @@ class Sidecar:
         if self.verifier is not None:
             await self.verifier.aclose()
         await asyncio.to_thread(self.store.close)
+        metrics.deactivate(self.metrics)
         log.log(logging.ERROR if self.store.lost_total else logging.INFO, "%s", self.summary())
 
     def summary(self) -> str:

@@ -321,6 +321,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", str, "info", "proxy",
             "How much the sidecar logs: debug, info, warning or error.",
             choices=("debug", "info", "warning", "error"), flag_for=(RUN,)),
+    # -- metrics: what /metrics labels, and how many distinct values it keeps
+    Setting("metrics_max_teams", int, 50, "metrics",
+            "Distinct team label values /metrics keeps; later teams are counted as 'other'.",
+            checks=(positive,)),
+    Setting("metrics_max_models", int, 50, "metrics",
+            "Distinct model label values /metrics keeps; later models are counted as 'other'.",
+            checks=(positive,)),
+    Setting("metrics_user_label", bool, False, "metrics",
+            "Also count requests and tokens per user (sidemeter_user_*_total); off by default: "
+            "one series per user, and user names are personal data."),
+    Setting("metrics_max_users", int, 100, "metrics",
+            "Distinct user label values /metrics keeps with metrics_user_label; later users are 'other'.",
+            checks=(positive,)),
 )
 # fmt: on
 

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import peewee
 
+from agent.metrics import STORE_WRITE_DURATION
 from agent.records import UsageRecord
 from agent.store.database import StoreError, describe, first_line, migrate, open_database, redact_url
 from agent.store.insert import MultiRowInsert
@@ -357,6 +358,7 @@ class UsageStore:
         self._inflight = records
         try:
             for delay in (*self.retry_delays, None):
+                started = time.perf_counter()
                 try:
                     self._insert_rows(rows)
                 except Exception as exc:
@@ -366,6 +368,7 @@ class UsageStore:
                     if delay is None or self._abort.wait(delay):
                         break
                 else:
+                    STORE_WRITE_DURATION.observe(time.perf_counter() - started)
                     self.written_total += len(rows)
                     self._last_write_ok = True
                     return

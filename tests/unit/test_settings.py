@@ -80,6 +80,7 @@ CONFIG_KEYS = {
     *("jwt_leeway", "team_claim", "require_user_match", "max_token_bytes", "forward_authorization"),
     *("upstream_api_key", "grace_period", "queue_size", "batch_size", "journal", "capture_prompts"),
     *("body_size_limit", "data_dir", "log_level"),
+    *("metrics_max_teams", "metrics_max_models", "metrics_user_label", "metrics_max_users"),
 }
 
 
