@@ -33,6 +33,7 @@ MITMPROXY_OPTIONS = {
     "sidemeter_jwt_audience",
     "sidemeter_jwt_issuer",
     "sidemeter_jwt_leeway",
+    "sidemeter_jwt_max_lifetime",
     "sidemeter_team_claim",
     "sidemeter_require_user_match",
     "sidemeter_max_token_bytes",
@@ -52,6 +53,7 @@ TOKEN_VERIFY_FLAGS = {
     "--jwt-audience",
     "--jwt-issuer",
     "--jwt-leeway",
+    "--jwt-max-lifetime",
     "--team-claim",
 }
 RUN_FLAGS = TOKEN_VERIFY_FLAGS | {
@@ -79,6 +81,7 @@ CONFIG_KEYS = {
     *("jwt_leeway", "team_claim", "require_user_match", "max_token_bytes", "forward_authorization"),
     *("upstream_api_key", "grace_period", "queue_size", "batch_size", "capture_prompts"),
     *("body_size_limit", "data_dir", "log_level"),
+    "jwt_max_lifetime",
 }
 
 
