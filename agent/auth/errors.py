@@ -13,8 +13,6 @@ REASONS: Final = (
     "bad_signature",
     "expired",
     "not_yet_valid",
-    "bad_time_claim",
-    "lifetime_too_long",
     "bad_audience",
     "bad_issuer",
     "algorithm",
