@@ -301,15 +301,15 @@ class UsageStore:
             records, markers, segments, stop = _split(items)
             stopping = stopping or stop
             try:
-                self._handle(records, markers)
+                self._handle(records, markers, segments)
             except Exception as exc:  # a bug must not stop metering: keep the batch, go on
                 self.last_error = f"usage writer: {first_line(exc)}"
                 self._last_write_ok = False
                 log.exception("usage writer: unexpected error; spilling the batch")
                 self._spill_batch(records)  # re-ingest skips any that did get stored
+                self._retire_segments(segments)
                 for marker in markers:
                     marker.done.set()
-            self._retire_segments(segments)
             if self._abort.is_set():
                 break
         self._reset_connection()
@@ -341,10 +341,12 @@ class UsageStore:
             pass
         return items or None
 
-    def _handle(self, records: list[UsageRecord], markers: list[_FlushMarker]) -> None:
-        """Write the records, then answer the flush markers that came with them."""
+    def _handle(self, records: list[UsageRecord], markers: list[_FlushMarker], segments: list[Path]) -> None:
+        """Write the records, retire the journal segments behind them, then answer the flush
+        markers that came with them (so a finished flush() also means a trimmed journal)."""
         if records:
             self._write_batch(records)
+        self._retire_segments(segments)
         if markers:
             if self._spill.pending and not self._abort.is_set():
                 self._ingest_spill()  # flush() covers spilled records too
