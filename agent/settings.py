@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from agent.durations import parse_duration
+
 if TYPE_CHECKING:
     from mitmproxy.addonmanager import Loader
 
@@ -137,6 +139,15 @@ def database_url(key: str, value: Any) -> None:
             f"{key}: {value!r} is not a supported URL; use sqlite:///data/usage.db "
             "or postgresql://user:password@host/dbname"
         )
+
+
+def duration(key: str, value: Any) -> None:
+    try:
+        seconds = parse_duration(value).total_seconds()
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    if seconds <= 0:
+        raise ConfigError(f"{key}: must be longer than 0s, got {value!r}")
 
 
 def names_a_claim(key: str, value: Any) -> None:
@@ -275,6 +286,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jwt_leeway", int, 30, "auth",
             "Seconds of clock skew allowed when checking exp, nbf and iat.",
             checks=(seconds_or_zero,), flag_for=_AUTH_FLAGS, metavar="S", mitmproxy=True),
+    Setting("jwt_max_lifetime", str, None, "auth",
+            "Longest token lifetime accepted (exp - iat, or exp - now without iat), e.g. 24h; "
+            "unset: no limit beyond a valid exp.",
+            checks=(duration,), flag_for=_AUTH_FLAGS, metavar="DURATION", mitmproxy=True),
     Setting("team_claim", str, "team", "auth",
             "Token claim that names the caller's team (a dotted path reaches nested claims).",
             checks=(names_a_claim,), flag_for=_AUTH_FLAGS, metavar="CLAIM", mitmproxy=True),

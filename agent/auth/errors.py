@@ -13,6 +13,8 @@ REASONS: Final = (
     "bad_signature",
     "expired",
     "not_yet_valid",
+    "bad_time_claim",
+    "lifetime_too_long",
     "bad_audience",
     "bad_issuer",
     "algorithm",

@@ -28,6 +28,7 @@ from agent.auth.keys import (
 )
 from agent.auth.settings import AuthSettings
 from agent.config import key_source_conflict
+from agent.durations import parse_duration
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,19 @@ class Identity:
 
 CACHE_SECONDS: Final = 30.0
 CACHE_ENTRIES: Final = 1024
+
+# The NumericDate claims (RFC 7519 §2): JSON numbers of seconds since 1970, which pyjwt would
+# also take as numeric strings ("exp": "99999999999") or as 1e300. Accepted: a finite number
+# (not a bool) from 1970 to the end of year 9999.
+TIME_CLAIMS: Final = ("exp", "nbf", "iat")
+LATEST_NUMERIC_DATE: Final = 253402300799.0  # 9999-12-31T23:59:59Z
+# pyjwt's own checks of these claims are off: `_check_times` does them, on `clock`.
+_DECODE_OPTIONS: Final = {
+    "require": ["exp", "sub"],
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+}
 
 
 @dataclass(slots=True)
@@ -65,6 +79,7 @@ class Verifier:
         team_claim: str = "team",
         require_user_match: bool = False,
         max_token_bytes: int = 8192,
+        max_lifetime: float | None = None,
     ) -> None:
         self.keys = keys
         self.audiences = list(audiences)
@@ -73,11 +88,14 @@ class Verifier:
         self.team_claim = team_claim
         self.require_user_match = require_user_match
         self.max_token_bytes = max_token_bytes
+        self.max_lifetime = max_lifetime  # seconds; None: no limit
         # Verified tokens, by their exact text: a client sends the same token with every
         # request, and checking its signature again costs ~70 us (HS256) to much more (RSA,
         # EC) each time. An entry is used only until the token's exp (plus leeway) and at
         # most CACHE_SECONDS, and only while the key source still hands out the very key that
-        # verified it: a key rotated out of a JWKS stops working at once.
+        # verified it: a key rotated out of a JWKS stops working at once. Every claim check
+        # holds for as long as an entry is used: exp is its end; nbf, iat and the lifetime
+        # rule (exp - iat, or exp - now, which only shrinks) cannot turn a pass into a refusal.
         self._verified: OrderedDict[str, _Verified] = OrderedDict()
         self.clock: Callable[[], float] = time.time
 
@@ -119,6 +137,11 @@ class Verifier:
             team_claim=settings.team_claim,
             require_user_match=settings.require_user_match,
             max_token_bytes=settings.max_token_bytes,
+            max_lifetime=(
+                parse_duration(settings.jwt_max_lifetime).total_seconds()
+                if settings.jwt_max_lifetime
+                else None
+            ),
         )
 
     async def start(self) -> None:
@@ -171,11 +194,11 @@ class Verifier:
                 algorithms=[alg],
                 audience=self.audiences or None,
                 issuer=self.issuer,
-                leeway=self.leeway,
-                options={"require": ["exp", "sub"]},
+                options=_DECODE_OPTIONS,  # type: ignore[arg-type]
             )
         except jwt.PyJWTError as e:
-            raise self._refusal(e, token) from None
+            raise self._refusal(e) from None
+        self._check_times(claims)
         user = claims["sub"]
         if not user:
             raise AuthError("malformed", "the token's sub claim is empty")
@@ -194,33 +217,57 @@ class Verifier:
         except AuthError:
             return False  # the full check that follows gives the reason
 
-    def _remember(self, token: str, entry: _Verified, exp: Any) -> None:
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
-            return
+    def _remember(self, token: str, entry: _Verified, exp: float) -> None:
         entry.valid_until = min(float(exp) + self.leeway, self.clock() + CACHE_SECONDS)
         self._verified[token] = entry
         if len(self._verified) > CACHE_ENTRIES:
             self._verified.popitem(last=False)  # the oldest; tokens are bounded in size
 
-    def _refusal(self, e: jwt.PyJWTError, token: str) -> AuthError:
-        # pyjwt checks the signature before any claim, so the claims quoted here are authentic.
+    def _check_times(self, claims: Mapping[str, Any]) -> None:
+        """exp, nbf and iat of a token whose signature verified: NumericDates, in force now
+        (with leeway), and within the lifetime limit."""
+        for name in TIME_CLAIMS:
+            if name in claims and not _numeric_date(claims[name]):
+                raise AuthError(
+                    "bad_time_claim",
+                    f"the token's {name} claim is not a time: it must be a JSON number of seconds "
+                    "since 1970 (not a string, a boolean or out of range)",
+                )
+        now = self.clock()
+        leeway = self.leeway
+        exp, nbf, iat = claims["exp"], claims.get("nbf"), claims.get("iat")
+        if exp <= now - leeway:
+            raise AuthError(
+                "expired", f"the token expired at {_iso(exp)} (now {_iso(now)}, leeway {leeway}s)"
+            )
+        if nbf is not None and nbf > now + leeway:
+            raise AuthError("not_yet_valid", f"the token is not valid before {_iso(nbf)}")
+        if iat is not None and iat > now + leeway:
+            raise AuthError(
+                "not_yet_valid",
+                f"the token is issued in the future (iat {_iso(iat)}); check the issuer's clock",
+            )
+        limit = self.max_lifetime
+        if limit is None:
+            return
+        if iat is not None:
+            if exp - iat > limit:
+                raise AuthError(
+                    "lifetime_too_long",
+                    f"the token is valid for {_span(exp - iat)} (iat to exp); the sidecar accepts "
+                    f"at most {_span(limit)} (jwt_max_lifetime)",
+                )
+        elif exp - now > limit + leeway:
+            raise AuthError(
+                "lifetime_too_long",
+                f"the token has no iat and expires in {_span(exp - now)}; the sidecar accepts "
+                f"at most {_span(limit)} (jwt_max_lifetime)",
+            )
+
+    def _refusal(self, e: jwt.PyJWTError) -> AuthError:
+        # pyjwt checks the signature before any claim, so a claim refused here is authentic.
         if isinstance(e, jwt.InvalidSignatureError):
             return AuthError("bad_signature", "the token's signature does not verify with the configured key")
-        if isinstance(e, jwt.ExpiredSignatureError):
-            exp = _unverified_claims(token).get("exp")
-            now = _iso(time.time())
-            return AuthError(
-                "expired", f"the token expired at {_iso(exp)} (now {now}, leeway {self.leeway}s)"
-            )
-        if isinstance(e, jwt.ImmatureSignatureError):
-            claims = _unverified_claims(token)
-            if "(iat)" in str(e):
-                iat = _iso(claims.get("iat"))
-                return AuthError(
-                    "not_yet_valid",
-                    f"the token is issued in the future (iat {iat}); check the issuer's clock",
-                )
-            return AuthError("not_yet_valid", f"the token is not valid before {_iso(claims.get('nbf'))}")
         if isinstance(e, jwt.MissingRequiredClaimError):
             if e.claim == "aud":
                 return AuthError("bad_audience", "the token has no audience (aud); the sidecar requires one")
@@ -240,11 +287,24 @@ class Verifier:
         return AuthError("malformed", f"the token is not acceptable: {why(e)}")
 
 
-def _unverified_claims(token: str) -> dict[str, Any]:
-    try:
-        return jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return {}
+def _numeric_date(v: Any) -> bool:
+    return (
+        isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and 0 <= v <= LATEST_NUMERIC_DATE
+    )
+
+
+def _span(seconds: float) -> str:
+    """A duration as `parse_duration` reads it back: 1d2h, 15m, 90s."""
+    rest = max(0, round(seconds))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        n, rest = divmod(rest, size)
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts) or "0s"
 
 
 def _iso(ts: Any) -> str:

@@ -35,6 +35,10 @@ class Api(ABC):
     empty_body_message: ClassVar[str] = "request body is empty"
     json_error_prefix: ClassVar[str] = "JSON decode error"
     fault_messages: ClassVar[Mapping[int, str]] = {}  # what X-Sim-Fault error-500/-429 say
+    # NaN, Infinity and -Infinity in a request body: Python servers (vLLM: FastAPI reads bodies
+    # with Python's json, pydantic floats allow them) take them; Go's encoding/json (Ollama) and
+    # nlohmann::json (llama.cpp) answer 400.
+    accepts_nan: ClassVar[bool] = True
 
     def __init__(self, runner: ModelRunner) -> None:
         self.runner = runner
@@ -67,8 +71,8 @@ class Api(ABC):
         if not raw.strip():
             raise SimError(400, self.empty_body_message)
         try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            body = json.loads(raw) if self.accepts_nan else json.loads(raw, parse_constant=_refuse_constant)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a refused NaN
             raise SimError(400, f"{self.json_error_prefix}: {exc}") from None
         if not isinstance(body, dict):
             raise SimError(400, f"request body must be a JSON object, got {type(body).__name__}")
@@ -107,6 +111,10 @@ class Api(ABC):
             await self.runner.generate_quietly(plan, clock)
             return await self.send_json(request, whole())
         return await self.runner.stream(request, plan, clock, content_type, shape())
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"invalid literal {name}: not a JSON value")
 
 
 def _same_name(name: str) -> str:

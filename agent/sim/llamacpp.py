@@ -11,7 +11,7 @@ JSON objects keep nlohmann's ordered_json order (``choices`` first). Prefix-cach
 from __future__ import annotations
 
 import secrets
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from aiohttp import web
 
@@ -66,6 +66,8 @@ def _n_predict(body: dict[str, Any]) -> int | None:
 
 class LlamaCpp(OpenAICompatible):
     """llama.cpp's server: its ``/v1`` quirks and its native routes."""
+
+    accepts_nan: ClassVar[bool] = False  # nlohmann::json: 400 "invalid literal"
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/tokenize", self.tokenize)

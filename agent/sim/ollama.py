@@ -121,6 +121,7 @@ class OllamaNative(Api):
     empty_body_message: ClassVar[str] = "missing request body"
     json_error_prefix: ClassVar[str] = "invalid character in JSON body"
     fault_messages: ClassVar[dict[int, str]] = OLLAMA_FAULT_MESSAGES
+    accepts_nan: ClassVar[bool] = False  # Go's encoding/json
 
     def __init__(self, runner: ModelRunner) -> None:
         super().__init__(runner)

@@ -32,6 +32,7 @@ class OllamaOpenAI(OpenAICompatible):
     empty_body_message: ClassVar[str] = "missing request body"
     fault_messages: ClassVar[dict[int, str]] = ollama.OLLAMA_FAULT_MESSAGES
     caches_prompts: ClassVar[bool] = False
+    accepts_nan: ClassVar[bool] = False  # Go's encoding/json
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/v1/models/{model:.+}", self.show_model)

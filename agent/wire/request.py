@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from agent.records import Dialect, Operation
-from agent.wire.fastjson import JSON_ERRORS, loads
+from agent.wire.fastjson import JSON_ERRORS, loads_lenient, loads_python
 
 __all__ = [
     "LLAMACPP_NATIVE_ENDPOINTS",
@@ -98,7 +98,7 @@ def parse_request(method: str, path: str, body: bytes) -> RequestInfo:
     if not body or not body.strip():
         return info
     try:
-        doc = loads(body)
+        doc = loads_lenient(body)  # what Python servers read, NaN included (fastjson.py)
     except UnicodeDecodeError:
         info.error = "request body is not UTF-8 text"
         return info
@@ -134,9 +134,12 @@ def add_include_usage(body: bytes) -> bytes:
     the opening brace, so the client's bytes are otherwise forwarded untouched. A body that
     is not a streaming JSON object comes back unchanged: vLLM rejects ``stream_options``
     unless ``"stream": true`` ("Stream options can only be defined when `stream=True`").
+    A body only Python servers accept (``NaN``, ``Infinity``: ``fastjson.loads_lenient``) is
+    asked too, and still reads as it did: the splice leaves its bytes alone, and a rewrite
+    writes ``NaN`` back as ``NaN``.
     """
     try:
-        doc = loads(body)
+        doc = loads_lenient(body)
     except JSON_ERRORS:
         return body
     if not isinstance(doc, dict) or doc.get("stream") is not True:
@@ -148,10 +151,22 @@ def add_include_usage(body: bytes) -> bytes:
         brace = body.find(b"{")
         if brace >= 0 and not body[:brace].strip():
             return body[: brace + 1] + b'"stream_options":{"include_usage":true},' + body[brace + 1 :]
-    doc["stream_options"] = (
-        {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
-    )
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    # Rewritten whole (rare: stream_options is there without include_usage). Read again as
+    # Python's json reads it, so that what orjson approximates (integers beyond 64 bits become
+    # floats) goes upstream as the client wrote it.
+    try:
+        doc = loads_python(body)
+        opts = doc.get("stream_options")
+        doc["stream_options"] = (
+            {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
+        )
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    except JSON_ERRORS:  # json's recursion limit is below orjson's nesting limit
+        return body
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800"): keep it an escape
+        return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def should_inject_usage(info: RequestInfo) -> bool:

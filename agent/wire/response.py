@@ -7,7 +7,7 @@ from typing import Any, Final
 
 from agent.records import Dialect, Operation
 from agent.wire.errors import error_message
-from agent.wire.fastjson import JSON_ERRORS, loads
+from agent.wire.fastjson import JSON_ERRORS, loads_lenient
 from agent.wire.request import LLAMACPP_NATIVE_ENDPOINTS, RequestInfo
 from agent.wire.usage import (
     Usage,
@@ -46,7 +46,7 @@ def parse_response(info: RequestInfo, body: bytes) -> ResponseSummary:
     if not body:
         return summary
     try:
-        doc = loads(body)
+        doc = loads_lenient(body)  # a Python server may write NaN (logprobs, echoed options)
     except JSON_ERRORS:
         return summary
     if isinstance(doc, list) and info.endpoint in LLAMACPP_NATIVE_ENDPOINTS:

@@ -18,7 +18,7 @@ from agent.wire.events import (
     read_openai_chunk,
     read_responses_event,
 )
-from agent.wire.fastjson import JSON_ERRORS, loads
+from agent.wire.fastjson import JSON_ERRORS, loads, loads_python
 from agent.wire.request import LLAMACPP_NATIVE_ENDPOINTS, RequestInfo
 from agent.wire.strip import KEEP, NONE, UsageChunkStripper, Verdict, merge_verdicts
 
@@ -205,7 +205,10 @@ class StreamMeter(StreamTally):
         try:
             obj = loads(buf[start:end])
         except JSON_ERRORS:
-            return KEEP  # forwarded untouched, counted as nothing
+            try:  # NaN or Infinity from a Python server (fastjson.py); never on the fast path
+                obj = loads_python(buf[start:end])
+            except JSON_ERRORS:
+                return KEEP  # forwarded untouched, counted as nothing
         if not isinstance(obj, dict):
             return KEEP
         return self._read(self, obj, ev_name)

@@ -22,7 +22,7 @@ import re
 from enum import IntEnum
 from typing import Any, Final
 
-from agent.wire.fastjson import JSON_ERRORS, loads
+from agent.wire.fastjson import JSON_ERRORS, loads_lenient
 
 __all__ = [
     "CUT",
@@ -202,7 +202,7 @@ def _data_object(event: bytes) -> dict[str, Any] | None:
         return None
     end = event.find(b"\n", at)
     try:
-        obj = loads(event[at + 5 : end if end >= 0 else len(event)])
+        obj = loads_lenient(event[at + 5 : end if end >= 0 else len(event)])  # as the reader did
     except JSON_ERRORS:
         return None
     return obj if isinstance(obj, dict) else None

@@ -29,6 +29,7 @@ from mitmproxy.test import taddons, tflow
 
 from addons.auth import Auth
 from addons.flowstate import record_of
+from agent.auth.errors import REASONS
 from agent.metrics import REGISTRY
 from agent.sim import SimulatedLLM
 from tests.support.sidecar import RunningSidecar
@@ -186,8 +187,10 @@ def assert_refused(resp: httpx.Response, dialect: str, request_id: str) -> str:
 # --------------------------------------------------------------------------- refusals
 
 
-def _refusal_cases(k: dict[str, KeyPair]) -> dict[str, tuple[str | None, str]]:
-    """case -> (Authorization header value or None, expected reason)."""
+def _refusal_cases(k: dict[str, KeyPair], attacker_url: str) -> dict[str, tuple[str | None, str]]:
+    """case -> (Authorization header value or None, expected reason); `attacker_url` serves
+    what a token may point the sidecar at."""
+    sql_kid = "x' UNION SELECT 'k"
     rsa_key, other = k["rsa"], k["rsa_other"]
     now = int(time.time())
     valid = rsa_key.sign(claims())
@@ -228,6 +231,31 @@ def _refusal_cases(k: dict[str, KeyPair]) -> dict[str, tuple[str | None, str]]:
         ),
         "other_key_type": (f"Bearer {k['ec'].sign(claims())}", "algorithm"),
         "oversized": (f"Bearer {rsa_key.sign(claims(pad='x' * 9000))}", "too_large"),
+        # A kid that names a file (the empty /dev/null as the HMAC secret) or smuggles SQL.
+        "kid_path_injection": (
+            "Bearer "
+            + craft(
+                {"alg": "HS256", "kid": "../../../../../../dev/null"},
+                claims(),
+                lambda data: hmac.new(b"", data, hashlib.sha256).digest(),
+            ),
+            "algorithm",
+        ),
+        "kid_sql_injection": (f"Bearer {other.sign(claims(), kid=sql_kid)}", "bad_signature"),
+        # The attacker's own key, embedded in the header or offered at a URL (here the LLM
+        # server's, which must see no request at all): never trusted.
+        "embedded_jwk": (f"Bearer {other.sign(claims(), jwk=other.jwk('attacker'))}", "bad_signature"),
+        "jku": (
+            f"Bearer {other.sign(claims(), jku=attacker_url + '/.well-known/jwks.json', kid='attacker')}",
+            "bad_signature",
+        ),
+        "x5u": (f"Bearer {other.sign(claims(), x5u=attacker_url + '/cert.pem')}", "bad_signature"),
+        # Correctly signed, but its times are not NumericDates.
+        "exp_numeric_string": (f"Bearer {rsa_key.sign(claims(exp=str(now + 300)))}", "bad_time_claim"),
+        "exp_never": (f"Bearer {rsa_key.sign(claims(exp=1e300))}", "bad_time_claim"),
+        "exp_boolean": (f"Bearer {rsa_key.sign(claims(exp=True))}", "bad_time_claim"),
+        "nbf_numeric_string": (f"Bearer {rsa_key.sign(claims(nbf=str(now - 60)))}", "bad_time_claim"),
+        "iat_numeric_string": (f"Bearer {rsa_key.sign(claims(iat=str(now)))}", "bad_time_claim"),
         "no_exp": (f"Bearer {rsa_key.sign(claims(exp=None))}", "malformed"),
         "no_sub": (f"Bearer {rsa_key.sign(claims(sub=None))}", "malformed"),
         "two_headers": (None, "malformed"),  # sent below as two Authorization headers
@@ -252,6 +280,16 @@ CASES = [
     "wrong_issuer",
     "key_confusion",
     "other_key_type",
+    "kid_path_injection",
+    "kid_sql_injection",
+    "embedded_jwk",
+    "jku",
+    "x5u",
+    "exp_numeric_string",
+    "exp_never",
+    "exp_boolean",
+    "nbf_numeric_string",
+    "iat_numeric_string",
     "oversized",
     "no_exp",
     "no_sub",
@@ -272,7 +310,7 @@ async def test_refused_with_401_in_the_clients_dialect_and_never_upstream(
     side = await rsa_sidecar(
         start_sidecar, upstream, tmp_path, public_key=write(tmp_path, "rsa.pem", keys["rsa"].public_pem)
     )
-    header, reason = _refusal_cases(keys)[case]
+    header, reason = _refusal_cases(keys, upstream.url)[case]
     before = failures(reason)
     request_id = rid()
     path, body = request_for(upstream.dialect)
@@ -329,6 +367,36 @@ async def test_a_valid_token_passes_and_is_attributed(
     # The client's credentials stop at the sidecar.
     assert upstream.seen and all(auth == [] for _, auth in upstream.seen)
     assert {r: failures(r) for r in before} == before
+
+
+async def test_max_lifetime_refuses_long_lived_tokens(sim_openai: SimulatedLLM, start_sidecar: Any) -> None:
+    side: RunningSidecar = await start_sidecar(
+        sim_openai.url, auth="jwt", jwt_secret=SECRET, jwt_max_lifetime="1h"
+    )
+    now = int(time.time())
+    before = failures("lifetime_too_long")
+    for lifetime, iat in ((7200, now), (365 * 86400, None)):  # exp - iat; exp - now without iat
+        token = jwt.encode(claims(iat=iat, exp=now + lifetime, aud=None, iss=None), SECRET, "HS256")
+        client = openai.AsyncOpenAI(base_url=side.url + "/v1", api_key=token, max_retries=0)
+        request_id = rid()
+        with pytest.raises(openai.AuthenticationError) as err:
+            await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"X-Request-ID": request_id},
+            )
+        assert "jwt_max_lifetime" in str(err.value)
+        rec = await side.record(request_id)
+        assert (rec.outcome, rec.status, rec.error, rec.user) == ("rejected", 401, "lifetime_too_long", None)
+    assert failures("lifetime_too_long") == before + 2
+    token = jwt.encode(claims(iat=now, exp=now + 1800, aud=None, iss=None), SECRET, "HS256")
+    client = openai.AsyncOpenAI(base_url=side.url + "/v1", api_key=token, max_retries=0)
+    request_id = rid()
+    await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], extra_headers={"X-Request-ID": request_id}
+    )
+    rec = await side.record(request_id)
+    assert (rec.outcome, rec.user) == ("ok", "alice")
 
 
 @pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
@@ -583,7 +651,7 @@ async def test_metrics_expose_auth_failures_by_reason(sim_openai: SimulatedLLM, 
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
     lines = resp.text.splitlines()
     assert "# TYPE sidemeter_auth_failures_total counter" in lines
-    for reason in ("missing", "expired", "bad_signature", "jwks_unavailable", "user_mismatch"):
+    for reason in REASONS:  # every one from the start, at 0 until it happens
         assert any(line.startswith(f'sidemeter_auth_failures_total{{reason="{reason}"}}') for line in lines)
     missing = next(
         line for line in lines if line.startswith('sidemeter_auth_failures_total{reason="missing"}')

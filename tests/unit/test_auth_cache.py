@@ -54,7 +54,9 @@ async def test_a_cached_token_is_checked_again_after_its_expiry(decode_calls: li
     await v.verify(token)
     assert len(decode_calls) == 1
     v.clock = lambda: now + 16  # past exp + leeway: the cache must not answer for it
-    await v.verify(token)  # (pyjwt, on the real clock, still finds it valid)
+    with pytest.raises(AuthError) as err:
+        await v.verify(token)
+    assert err.value.reason == "expired"
     assert len(decode_calls) == 2
 
 

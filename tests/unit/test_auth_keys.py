@@ -179,4 +179,4 @@ def test_challenge_header_is_a_valid_rfc6750_quoted_string() -> None:
     assert header == 'Bearer error="invalid_token", error_description="bad quote and  backslash and "'
     with pytest.raises(ValueError):
         AuthError("not-a-reason", "x")
-    assert len(REASONS) == len(set(REASONS)) == 12
+    assert len(REASONS) == len(set(REASONS)) == 14

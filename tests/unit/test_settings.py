@@ -34,6 +34,7 @@ MITMPROXY_OPTIONS = {
     "sidemeter_jwt_audience",
     "sidemeter_jwt_issuer",
     "sidemeter_jwt_leeway",
+    "sidemeter_jwt_max_lifetime",
     "sidemeter_team_claim",
     "sidemeter_require_user_match",
     "sidemeter_max_token_bytes",
@@ -53,6 +54,7 @@ TOKEN_VERIFY_FLAGS = {
     "--jwt-audience",
     "--jwt-issuer",
     "--jwt-leeway",
+    "--jwt-max-lifetime",
     "--team-claim",
 }
 RUN_FLAGS = TOKEN_VERIFY_FLAGS | {
@@ -80,6 +82,7 @@ CONFIG_KEYS = {
     *("jwt_leeway", "team_claim", "require_user_match", "max_token_bytes", "forward_authorization"),
     *("upstream_api_key", "grace_period", "queue_size", "batch_size", "journal", "capture_prompts"),
     *("body_size_limit", "data_dir", "log_level"),
+    "jwt_max_lifetime",
     *("metrics_max_teams", "metrics_max_models", "metrics_user_label", "metrics_max_users"),
 }
 
