@@ -1,0 +1,27 @@
+"""What the ops API reads from the running sidecar, and the app key it is stored under."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aiohttp import web
+
+from agent.config import Config
+from agent.store.writer import UsageStore
+
+
+class SidecarView(Protocol):
+    """The running sidecar as the ops API sees it (implemented by agent.runtime.Sidecar)."""
+
+    config: Config
+    store: UsageStore
+    started_at: float
+
+    @property
+    def proxy_listening(self) -> bool: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+
+SIDECAR = web.AppKey("sidecar", SidecarView)
