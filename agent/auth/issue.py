@@ -12,7 +12,8 @@ from typing import Any
 import jwt
 
 from agent.auth.errors import KeyConfigError
-from agent.auth.keys import load_private_key, public_algorithms
+from agent.auth.keys import load_private_key, load_secret, public_algorithms
+from agent.auth.settings import AuthSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +65,49 @@ def issue_token(
     claims.update(extra or {})
     headers = {"kid": signing_key.kid} if signing_key.kid else None
     return jwt.encode(claims, signing_key.key, algorithm=signing_key.algorithm, headers=headers)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenMinter:
+    """Tokens this sidecar accepts: signed with its configured secret (or a private key whose
+    public half it verifies with), carrying its audience, issuer and team claim. Used by
+    `sidemeter token issue`, `simulate` and `smoke-test`."""
+
+    signing_key: SigningKey
+    settings: AuthSettings
+
+    @classmethod
+    def from_settings(
+        cls, settings: AuthSettings, *, private_key: str | Path | None = None, kid: str | None = None
+    ) -> TokenMinter:
+        """KeyConfigError, saying what to configure, when there is nothing to sign with."""
+        if private_key:
+            return cls(SigningKey.from_private_key_file(private_key, kid), settings)
+        if settings.jwt_secret or settings.jwt_secret_file:
+            return cls(SigningKey.from_secret(load_secret(settings), kid), settings)
+        verifies_with = ", ".join(settings.key_sources)
+        raise KeyConfigError(
+            "no signing key: configure the shared secret (SIDEMETER_JWT_SECRET or jwt_secret_file) "
+            "or pass --private-key FILE"
+            + (f" (the sidecar verifies with {verifies_with}: use its private key)" if verifies_with else "")
+        )
+
+    def mint(
+        self,
+        sub: str,
+        *,
+        team: str | None = None,
+        ttl: float = 900.0,
+        extra: Mapping[str, Any] | None = None,
+    ) -> str:
+        audiences = self.settings.audiences
+        return issue_token(
+            self.signing_key,
+            sub,
+            team=team,
+            ttl=ttl,
+            team_claim=self.settings.team_claim,
+            audience=audiences[0] if audiences else None,
+            issuer=self.settings.jwt_issuer,
+            extra=extra,
+        )

@@ -50,9 +50,15 @@ def mock_upstream(dialect: str, listen: str, flavor: str, token_delay: float) ->
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="Sidecar HOST:PORT.")
 @click.option("--ops-listen", default="127.0.0.1:9090", show_default=True, help="Ops API HOST:PORT.")
 @click.option("--db", default="sqlite:///data/demo.db", show_default=True, help="Usage store URL.")
+@click.option(
+    "--data-dir",
+    default="data",
+    show_default=True,
+    help="Where the demo keeps its signing secret (demo-secret), spill files and journal.",
+)
 @click.option("-n", "--requests", "count", default=12, show_default=True, help="Requests in the burst.")
 @click.option("--exit", "exit_after", is_flag=True, help="Exit after printing the table.")
-def demo(listen: str, ops_listen: str, db: str, count: int, exit_after: bool) -> None:
+def demo(listen: str, ops_listen: str, db: str, data_dir: str, count: int, exit_after: bool) -> None:
     """Simulated LLM server + sidecar + a burst of traffic; prints the usage table and URLs."""
     from agent.demo import run_demo
     from agent.runtime import StartupError
@@ -65,6 +71,7 @@ def demo(listen: str, ops_listen: str, db: str, count: int, exit_after: bool) ->
                 listen=listen,
                 ops_listen=ops_listen,
                 db=db,
+                data_dir=data_dir,
                 count=count,
                 exit_after=exit_after,
                 sidemeter=sidemeter,

@@ -62,8 +62,7 @@ def token_issue(
     jwt_audience and jwt_issuer are put in, so the token passes this sidecar's checks.
     """
     from agent.auth.errors import KeyConfigError
-    from agent.auth.issue import SigningKey, issue_token
-    from agent.auth.keys import load_secret
+    from agent.auth.issue import TokenMinter
     from agent.auth.settings import AuthSettings
     from agent.durations import parse_duration
 
@@ -80,36 +79,12 @@ def token_issue(
         if not sep or not key:
             _fail(f"--claim {item!r}: use KEY=VALUE, e.g. --claim scope=chat")
         claims[key] = _claim_value(raw)
-    auth = AuthSettings.from_config(cfg)
     try:
-        if private_key:
-            signing = SigningKey.from_private_key_file(private_key, kid)
-        elif cfg.jwt_secret or cfg.jwt_secret_file:
-            signing = SigningKey.from_secret(load_secret(auth), kid)
-        else:
-            verifies_with = ", ".join(cfg.key_sources)
-            _fail(
-                "no signing key: configure the shared secret (SIDEMETER_JWT_SECRET or jwt_secret_file) "
-                "or pass --private-key FILE"
-                + (
-                    f" (the sidecar verifies with {verifies_with}: use its private key)"
-                    if verifies_with
-                    else ""
-                )
-            )
+        minter = TokenMinter.from_settings(AuthSettings.from_config(cfg), private_key=private_key, kid=kid)
     except KeyConfigError as e:
         _fail(str(e))
-    audiences = auth.audiences
-    text = issue_token(
-        signing,
-        sub,
-        team=team,
-        ttl=lifetime,
-        team_claim=cfg.team_claim,
-        audience=audiences[0] if audiences else None,
-        issuer=cfg.jwt_issuer,
-        extra=claims,
-    )
+    text = minter.mint(sub, team=team, ttl=lifetime, extra=claims)
+    signing = minter.signing_key
     click.echo(
         f"token for {sub}{f' (team {team})' if team else ''}, {signing.algorithm}, valid for {ttl}",
         err=True,

@@ -65,3 +65,41 @@ def test_demo_off_path_prints_an_export_command_that_runs(tmp_path: Path) -> Non
     exported = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert exported.returncode == 0, exported.stderr
     assert len(exported.stdout.splitlines()) == 3
+
+
+def test_demo_keeps_its_secret_so_tokens_minted_for_it_stay_valid(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "sidemeter"
+    if not script.is_file():
+        pytest.skip(f"no console script at {script}: install the package (make test does)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDEMETER_")}
+    db = f"sqlite:///{tmp_path}/demo.db"
+    demo = [str(script), "demo", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--db", db]
+
+    def run_demo() -> str:
+        res = subprocess.run(
+            [*demo, "-n", "1", "--exit"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60
+        )
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    first = run_demo()
+    secret = tmp_path / "data" / "demo-secret"
+    assert secret.stat().st_mode & 0o777 == 0o600  # a signing secret: its owner only
+    kept = secret.read_text()
+    for user in ("alice", "bob", "carol"):
+        assert f"token of {user} " in first  # one token per demo user
+    minted = subprocess.run(
+        [str(script), "token", "issue", "--sub", "dave", "--team", "ml"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={**env, "SIDEMETER_JWT_SECRET_FILE": str(secret)},
+    )  # fmt: skip
+    assert minted.returncode == 0, minted.stderr
+    run_demo()
+    assert secret.read_text() == kept  # the second run signs with the same secret
+    verified = subprocess.run(
+        [str(script), "token", "verify", minted.stdout.strip().splitlines()[-1]],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={**env, "SIDEMETER_JWT_SECRET_FILE": str(secret)},
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stderr
+    assert "valid: user dave, team ml" in verified.stderr
