@@ -33,6 +33,7 @@ from agent.auth.errors import KeyConfigError
 from agent.auth.settings import AuthSettings
 from agent.auth.verify import Verifier
 from agent.config import Config, ConfigError, parse_size
+from agent.logs import AccessLog
 from agent.proxy.dispatch import HandlerError, HookIndex, SidecarOptions, use_inline_hooks
 from agent.store.database import StoreError, open_database, redact_url
 from agent.store.writer import UsageStore
@@ -80,6 +81,7 @@ class Sidecar:
             store=self.store,
         )
         self.recorder.listeners.append(self.metrics.observe)
+        self.access_log: AccessLog | None = None  # made at start: it runs a writing thread
         self.auth_settings = AuthSettings.from_config(config)
         self.verifier: Verifier | None = None  # loaded in preflight when auth is on
         self.started_at = time.time()
@@ -124,6 +126,9 @@ class Sidecar:
             await asyncio.to_thread(self.store.start)
         except StoreError as e:
             raise StartupError(str(e)) from None
+        if self.config.access_log == "on":
+            self.access_log = AccessLog(self.config.log_format)
+            self.recorder.listeners.append(self.access_log.observe)
         try:
             if self.verifier is not None:
                 await self.verifier.start()  # warm the JWKS cache; an IdP that is down is only logged
@@ -276,6 +281,10 @@ class Sidecar:
         if self.verifier is not None:
             await self.verifier.aclose()
         await asyncio.to_thread(self.store.close)
+        if self.access_log is not None:
+            await asyncio.to_thread(self.access_log.close)  # before the summary line, which comes last
+            self.recorder.listeners.remove(self.access_log.observe)
+            self.access_log = None
         metrics.deactivate(self.metrics)
         log.log(logging.ERROR if self.store.lost_total else logging.INFO, "%s", self.summary())
 

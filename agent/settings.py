@@ -336,6 +336,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", str, "info", "proxy",
             "How much the sidecar logs: debug, info, warning or error.",
             choices=("debug", "info", "warning", "error"), flag_for=(RUN,)),
+    Setting("log_format", str, "text", "proxy",
+            "Format of the access lines (stdout) and the log lines (stderr): text (logfmt) or json "
+            "(flat objects with @timestamp, for Loki and Elasticsearch).",
+            choices=("text", "json"), flag_for=(RUN,)),
+    Setting("access_log", str, "on", "proxy",
+            "One line per request on stdout: time, request id, user, team, model, endpoint, status, "
+            "outcome, tokens in/out, latency, TTFT (never tokens, secrets or prompt text).",
+            choices=("on", "off"), flag_for=(RUN,)),
     # -- metrics: what /metrics labels, and how many distinct values it keeps
     Setting("metrics_max_teams", int, 50, "metrics",
             "Distinct team label values /metrics keeps; later teams are counted as 'other'.",

@@ -79,12 +79,17 @@ def _load(config_path: str | None, **overrides: Any) -> Config:
         raise  # unreachable; keeps type checkers calm
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, fmt: str = "text") -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if fmt == "json":
+        from agent.logs import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     # mitmproxy logs every connection at info; the sidecar's own lines are what operators need.
     logging.getLogger("mitmproxy").setLevel(max(logging.WARNING, logging.getLogger().level))
 

@@ -36,7 +36,7 @@ def run(config_path: str | None, **flags: Any) -> None:
     from agent.runtime import StartupError, new_event_loop, serve
 
     cfg = _load(config_path, **_given_flags(flags))
-    _setup_logging(cfg.log_level)
+    _setup_logging(cfg.log_level, cfg.log_format)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             status = runner.run(serve(cfg))

@@ -26,7 +26,8 @@ CLI = [sys.executable, "-m", "agent.cli"]
 
 
 class SidemeterProcess:
-    """`sidemeter run` in a subprocess; its stderr collected line by line on a thread."""
+    """`sidemeter run` in a subprocess; its stdout (after the ready line: the access lines) and
+    stderr collected line by line on threads, so neither pipe fills and blocks it."""
 
     def __init__(self, upstream: str, tmp_path: Path, *extra: str) -> None:
         self.db_path = tmp_path / "usage.db"
@@ -58,10 +59,18 @@ class SidemeterProcess:
             env=env,
         )
         self.stderr_lines: list[str] = []
+        self.stdout_lines: list[str] = []
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
         self.proxy_port, self.ops_port = self._wait_ready()
+        self._out_reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._out_reader.start()
         self.url = f"http://127.0.0.1:{self.proxy_port}"
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.stdout_lines.append(line.rstrip("\n"))
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -81,6 +90,7 @@ class SidemeterProcess:
     def wait(self, timeout: float = 60) -> int:
         code = self.proc.wait(timeout)
         self._reader.join(10)
+        self._out_reader.join(10)
         return code
 
     @property

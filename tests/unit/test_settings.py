@@ -58,6 +58,8 @@ TOKEN_VERIFY_FLAGS = {
     "--team-claim",
 }
 RUN_FLAGS = TOKEN_VERIFY_FLAGS | {
+    "--log-format",
+    "--access-log",
     "--upstream",
     "--listen",
     "--ops-listen",
@@ -81,7 +83,7 @@ CONFIG_KEYS = {
     *("jwt_public_key", "jwks_url", "jwks_file", "jwks_refresh", "jwt_audience", "jwt_issuer"),
     *("jwt_leeway", "team_claim", "require_user_match", "max_token_bytes", "forward_authorization"),
     *("upstream_api_key", "grace_period", "queue_size", "batch_size", "journal", "capture_prompts"),
-    *("body_size_limit", "data_dir", "log_level"),
+    *("body_size_limit", "data_dir", "log_level", "log_format", "access_log"),
     "jwt_max_lifetime",
     *("metrics_max_teams", "metrics_max_models", "metrics_user_label", "metrics_max_users"),
 }
