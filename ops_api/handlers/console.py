@@ -23,7 +23,6 @@ from agent.records import REQUEST_ID_HEADER, Dialect, UsageRecord, new_request_i
 from agent.store.database import StoreError
 from agent.store.queries import get_record
 from agent.store.writer import UsageStore
-from agent.wire.errors import error_message
 from agent.wire.request import parse_request
 from agent.wire.response import parse_response
 from agent.wire.stream import StreamMeter
@@ -192,18 +191,11 @@ async def send(url: str, test: TestRequest, headers: dict[str, str]) -> Exchange
     except TimeoutError:
         seen.error = f"no complete answer within {test.timeout_s:g} s"
     except aiohttp.ClientError as e:
-        seen.error = f"the proxy connection failed: {e or type(e).__name__}"
+        seen.error = f"the proxy connection failed: {str(e) or type(e).__name__}"
     if seen.status is not None and seen.status >= 400 and seen.error is None:
-        seen.error = _error_of(bytes(seen.body)) or f"HTTP {seen.status}"
+        # Not a JSON error body (parse_response reads those): its text, or the status.
+        seen.error = bytes(seen.body).decode("utf-8", "replace").strip()[:500] or f"HTTP {seen.status}"
     return seen
-
-
-def _error_of(body: bytes) -> str | None:
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", "replace").strip()[:500] or None
-    return error_message(doc["error"]) if isinstance(doc, dict) and doc.get("error") else None
 
 
 def _record_when_stored(store: UsageStore, request_id: str, wait_s: float) -> UsageRecord | None:

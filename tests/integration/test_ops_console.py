@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import jsonschema
 import ollama
 import openai
 import pytest
@@ -47,6 +48,14 @@ async def direct_text(sim: SimulatedLLM, max_tokens: int) -> str:
     return chat.choices[0].message.content or ""
 
 
+async def assert_documented(side: RunningSidecar, answer: dict[str, Any]) -> None:
+    """The answer fits the schema /ops/openapi.json gives for it (records included)."""
+    async with httpx.AsyncClient(base_url=side.ops_url) as http:
+        doc = (await http.get("/ops/openapi.json")).json()
+    schema = doc["paths"]["/ops/test"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    jsonschema.Draft202012Validator({**schema, "components": doc["components"]}).validate(answer)
+
+
 async def console(side: RunningSidecar, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
     async with httpx.AsyncClient(base_url=side.ops_url, timeout=60) as http:
         if isinstance(body, bytes):
@@ -70,6 +79,7 @@ async def test_the_test_request_is_recorded_under_its_id_for_the_caller(
     assert res.status_code == 200, res.text
     answer = res.json()
     assert answer["ok"] is True and answer["status"] == 200 and answer["error"] is None
+    await assert_documented(side, answer)
     assert answer["output"] == await direct_text(dialect_sim, 7) != ""
     stored = await side.record(answer["request_id"])
     assert answer["record"] == stored.to_dict()
@@ -97,6 +107,7 @@ async def test_an_upstream_error_is_ok_false_with_its_status_and_message(
     answer = res.json()
     assert answer["ok"] is False and answer["status"] == 404 and answer["output"] == ""
     assert "no-such-model" in answer["error"]
+    await assert_documented(side, answer)
     stored = await side.record(answer["request_id"])
     assert answer["record"] == stored.to_dict()
     assert (stored.outcome, stored.status, stored.user) == ("upstream_error", 404, "erin")
