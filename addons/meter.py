@@ -32,6 +32,14 @@ STREAM_CONTENT_TYPES: Final = ("text/event-stream", "application/x-ndjson")
 INFERENCE: Final = frozenset({Operation.CHAT, Operation.COMPLETION, Operation.EMBEDDING, Operation.RESPONSES})
 
 
+def captured_prompt(text: str, mode: str, chars: int) -> str:
+    """The prompt as `mode` keeps it: whole (`full`), or its first `chars` characters and a
+    marker saying how much was cut (`truncated`), so a cut prompt never passes for a whole one."""
+    if mode == "full" or len(text) <= chars:
+        return text
+    return f"{text[:chars]}… [truncated: {len(text) - chars} more characters]"
+
+
 class StreamRelay:
     """The streamed response's per-chunk callback (`flow.response.stream`): relays each chunk,
     metering it on the side. Everything it touches is kept small: this runs for every chunk."""
@@ -71,16 +79,18 @@ class Meter:
 
     def __init__(self) -> None:
         self.inject_usage = True
-        self.capture_prompts = False
+        self.capture_prompts = "off"
+        self.capture_prompts_chars = 1000
 
     def load(self, loader: Loader) -> None:
-        declare_options(loader, "meter")  # sidemeter_inject_usage, sidemeter_capture_prompts
+        declare_options(loader, "meter")  # sidemeter_inject_usage, sidemeter_capture_prompts(_chars)
 
     def configure(self, updated: set[str]) -> None:
         if updated & option_names("meter"):
             values = read_options(ctx.options, "meter")
             self.inject_usage = values["inject_usage"]
             self.capture_prompts = values["capture_prompts"]
+            self.capture_prompts_chars = values["capture_prompts_chars"]
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         headers = flow.request.headers
@@ -102,8 +112,8 @@ class Meter:
         info = state.info = parse_request(flow.request.method, flow.request.path, body)
         rec.dialect, rec.operation, rec.endpoint = info.dialect, info.operation, info.endpoint
         rec.model, rec.stream = info.model, info.stream
-        if self.capture_prompts and info.prompt_text:
-            rec.prompt = info.prompt_text
+        if self.capture_prompts != "off" and info.prompt_text:
+            rec.prompt = captured_prompt(info.prompt_text, self.capture_prompts, self.capture_prompts_chars)
         if flow.response is not None:  # answered already (e.g. rejected by auth): nothing goes upstream
             return
         if self.inject_usage and should_inject_usage(info):

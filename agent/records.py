@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -109,3 +110,15 @@ class UsageRecord:
 
 
 FIELD_NAMES: Final = tuple(f.name for f in dataclasses.fields(UsageRecord))
+
+
+def field_types() -> dict[str, tuple[type, bool]]:
+    """(base type, nullable) per UsageRecord field, from the dataclass hints: what the store's
+    columns and the ops API's record schema are derived from."""
+    hints = typing.get_type_hints(UsageRecord)
+    types: dict[str, tuple[type, bool]] = {}
+    for name in FIELD_NAMES:
+        members = typing.get_args(hints[name]) or (hints[name],)
+        (base,) = [m for m in members if m is not type(None)]
+        types[name] = (base, type(None) in members)
+    return types

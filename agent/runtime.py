@@ -178,6 +178,7 @@ class Sidecar:
             confdir=str(self.data_dir / "mitmproxy"),
             body_size_limit=str(parse_size(cfg.body_size_limit, "body_size_limit")),
             sidemeter_capture_prompts=cfg.capture_prompts,
+            sidemeter_capture_prompts_chars=cfg.capture_prompts_chars,
         )
         self.master = master
         self._master_task = asyncio.create_task(master.run(), name="mitmproxy")

@@ -177,6 +177,7 @@ class Setting:
     path: bool = False  # the flag names a file: click checks it is not a directory
     mitmproxy: bool = False
     config: bool = True
+    legacy: tuple[tuple[str, Any], ...] = ()  # old spellings still accepted: (text, value)
 
     @property
     def optional(self) -> bool:
@@ -210,6 +211,11 @@ class Setting:
     def coerce(self, raw: Any, source: str) -> Any:
         """A file, environment or command-line value as the setting's type; ConfigError names
         the source."""
+        if self.legacy and isinstance(raw, bool | str):
+            spelled = str(raw).strip().lower()
+            for old, value in self.legacy:
+                if spelled == old:
+                    return value
         try:
             return _coerce(self.type, raw)
         except ValueError:
@@ -236,6 +242,7 @@ def _coerce(kind: type, raw: Any) -> Any:
 
 
 _AUTH_FLAGS = (RUN, TOKEN_VERIFY)
+PROMPT_MODES = ("off", "truncated", "full")
 
 # One row per setting, in the order `config init`, --help and the README list them.
 # fmt: off
@@ -320,9 +327,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Append each record to a journal in data_dir/spill before it is queued, so a crash of "
             "the process loses no finished request's record (README: Durability).",
             mitmproxy=True),
-    Setting("capture_prompts", bool, False, "meter",
-            "Store prompt text on usage records (off by default: prompts may be private).",
-            flag_for=(RUN,), mitmproxy=True),
+    Setting("capture_prompts", str, "off", "meter",
+            "Prompt text kept on usage records: off (none; prompts may be private), truncated (the "
+            "first capture_prompts_chars characters and a marker) or full. Older files' true/false "
+            "mean full/off.",
+            choices=PROMPT_MODES, flag_for=(RUN,), metavar="MODE", mitmproxy=True,
+            legacy=(("true", "full"), ("false", "off"))),
+    Setting("capture_prompts_chars", int, 1000, "meter",
+            "Characters of prompt text kept with capture_prompts = truncated.",
+            checks=(positive,), mitmproxy=True),
     Setting("inject_usage", bool, True, "meter",
             "Ask OpenAI-compatible upstreams for usage on streams (stream_options.include_usage) "
             "and remove the added usage chunk before it reaches a client that did not ask for it.",

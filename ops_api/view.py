@@ -16,6 +16,7 @@ class SidecarView(Protocol):
     config: Config
     store: UsageStore
     started_at: float
+    proxy_port: int | None  # the port the proxy listens on, once it does
 
     @property
     def proxy_listening(self) -> bool: ...

@@ -1,13 +1,13 @@
 """The `sidemeter` command line: the `main` group, with one module per command or group
-(run.py, demo.py, simulate.py, smoke.py, token.py, usage.py, config.py, db.py) and what they
-share in common.py. `python -m agent.cli` runs it too (__main__.py)."""
+(run.py, demo.py, simulate.py, smoke.py, token.py, usage.py, requests.py, config.py, db.py) and
+what they share in common.py. `python -m agent.cli` runs it too (__main__.py)."""
 
 from __future__ import annotations
 
 import click
 
 from agent import __version__
-from agent.cli import config, db, demo, run, simulate, smoke, token, usage
+from agent.cli import config, db, demo, requests, run, simulate, smoke, token, usage
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +26,7 @@ for command in (
     demo.demo,
     token.token,
     usage.usage,
+    requests.requests,
     config.config_group,
     db.db,
     simulate.simulate,

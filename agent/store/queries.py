@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, TextIO
 
@@ -15,6 +16,12 @@ from agent.records import FIELD_NAMES, UsageRecord, utcnow
 from agent.store.schema import COLUMNS, RECORD_COLUMNS, UsageLog
 
 EXPORT_FORMATS: Final = ("jsonl", "csv")
+
+
+def _filtered(query: peewee.Query, **equal: str | None) -> peewee.Query:
+    """`query` limited to the records whose columns equal the given values (None: any)."""
+    conditions = [COLUMNS[name] == value for name, value in equal.items() if value is not None]
+    return query.where(*conditions) if conditions else query
 
 
 def iter_records(
@@ -29,18 +36,11 @@ def iter_records(
 ) -> Iterator[UsageRecord]:
     """Stored records with `since <= ts < until`, oldest first unless `newest_first`.
     Streams rows from a cursor, so exporting a large table does not load it into memory."""
-    query = UsageLog.select(*RECORD_COLUMNS)
-    conditions = []
+    query = _filtered(UsageLog.select(*RECORD_COLUMNS), user=user, model=model)
     if since is not None:
-        conditions.append(COLUMNS["ts"] >= since)
+        query = query.where(COLUMNS["ts"] >= since)
     if until is not None:
-        conditions.append(COLUMNS["ts"] < until)
-    if user is not None:
-        conditions.append(COLUMNS["user"] == user)
-    if model is not None:
-        conditions.append(COLUMNS["model"] == model)
-    if conditions:
-        query = query.where(*conditions)
+        query = query.where(COLUMNS["ts"] < until)
     if newest_first:
         query = query.order_by(COLUMNS["ts"].desc(), COLUMNS["id"].desc())
     else:
@@ -49,6 +49,86 @@ def iter_records(
         query = query.limit(limit)
     for row in query.bind(db).dicts().iterator():
         yield UsageRecord(**row)
+
+
+PAGE_LIMIT_MAX: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of records, newest first, and the id to continue below (None: no more)."""
+
+    records: list[UsageRecord]
+    next_before: int | None
+
+
+def _page_query(
+    since: datetime | None, user: str | None, team: str | None, model: str | None, outcome: str | None
+) -> peewee.Query:
+    query = _filtered(
+        UsageLog.select(COLUMNS["id"], *RECORD_COLUMNS), user=user, team=team, model=model, outcome=outcome
+    )
+    return query if since is None else query.where(COLUMNS["ts"] >= since)
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= PAGE_LIMIT_MAX:
+        raise ValueError(f"limit must be 1..{PAGE_LIMIT_MAX}, got {limit}")
+
+
+def page_records(
+    db: peewee.Database,
+    *,
+    limit: int = 20,
+    before: int | None = None,
+    since: datetime | None = None,
+    user: str | None = None,
+    team: str | None = None,
+    model: str | None = None,
+    outcome: str | None = None,
+) -> Page:
+    """Up to `limit` matching records with ids below `before`, newest (highest id) first.
+
+    Keyset paging on the never-reused id: a page continues strictly below the last id it
+    returned, so records written meanwhile (higher ids) neither shift nor repeat later pages,
+    and each page costs one index range scan however deep it is."""
+    _check_limit(limit)
+    id_column = COLUMNS["id"]
+    query = _page_query(since, user, team, model, outcome)
+    if before is not None:
+        query = query.where(id_column < before)
+    rows = list(query.order_by(id_column.desc()).limit(limit + 1).bind(db).dicts())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    ids = [row.pop("id") for row in rows]
+    return Page([UsageRecord(**row) for row in rows], ids[-1] if more else None)
+
+
+def records_after(
+    db: peewee.Database,
+    after: int,
+    *,
+    limit: int = PAGE_LIMIT_MAX,
+    user: str | None = None,
+    team: str | None = None,
+    model: str | None = None,
+    outcome: str | None = None,
+) -> tuple[list[UsageRecord], int]:
+    """Up to `limit` matching records with ids above `after`, oldest first, and the highest
+    id read (`after` when none): what a follower prints next and where it continues."""
+    _check_limit(limit)
+    id_column = COLUMNS["id"]
+    query = _page_query(None, user, team, model, outcome).where(id_column > after)
+    rows = list(query.order_by(id_column).limit(limit).bind(db).dicts())
+    last = rows[-1]["id"] if rows else after
+    for row in rows:
+        del row["id"]
+    return [UsageRecord(**row) for row in rows], last
+
+
+def newest_id(db: peewee.Database) -> int:
+    """The highest record id stored (0 when empty): where a follower starts."""
+    return int(UsageLog.select(peewee.fn.MAX(COLUMNS["id"])).bind(db).scalar() or 0)
 
 
 def get_record(db: peewee.Database, request_id: str) -> UsageRecord | None:

@@ -9,7 +9,6 @@ that lists the fields: a new record field is a new column (and a migration in
 from __future__ import annotations
 
 import operator
-import typing
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
@@ -17,7 +16,7 @@ from typing import Any, Final
 import peewee
 
 from agent.durations import as_utc
-from agent.records import FIELD_NAMES, UsageRecord
+from agent.records import FIELD_NAMES, field_types
 
 # 1: the first layout. 2: ids never reused (SQLite AUTOINCREMENT; the rows and ids of version 1 kept).
 SCHEMA_VERSION: Final = 2
@@ -65,18 +64,6 @@ _FIELD_CLASSES: Final[dict[type, type[peewee.Field]]] = {
     bool: peewee.BooleanField,
     datetime: UTCDateTimeField,
 }
-
-
-def _record_types() -> dict[str, tuple[type, bool]]:
-    """(base type, nullable) per UsageRecord field, from the dataclass hints: the record stays
-    the one place that lists the fields."""
-    hints = typing.get_type_hints(UsageRecord)
-    types: dict[str, tuple[type, bool]] = {}
-    for name in FIELD_NAMES:
-        members = typing.get_args(hints[name]) or (hints[name],)
-        (base,) = [m for m in members if m is not type(None)]
-        types[name] = (base, type(None) in members)
-    return types
 
 
 _INT64: Final = range(-(2**63), 2**63)
@@ -139,7 +126,7 @@ class UsageLog(peewee.Model):
         table_name = "usage_logs"
 
 
-_TYPES: Final = _record_types()
+_TYPES: Final = field_types()
 # Added after the class body so the columns follow `id` in FIELD_NAMES order.
 for _name, (_base, _nullable) in _TYPES.items():
     UsageLog._meta.add_field(_name, _FIELD_CLASSES[_base](null=_nullable, index=_name in _INDEXED))

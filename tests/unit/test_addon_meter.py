@@ -86,12 +86,25 @@ async def test_the_request_id_is_kept_or_made_and_echoed_both_ways(meter: Meter)
     assert long.request.headers["X-Request-ID"] == "x" * 128
 
 
-async def test_prompts_are_kept_only_when_capture_is_on(meter: Meter) -> None:
+@pytest.mark.parametrize(
+    ("mode", "kept"),
+    [
+        ("off", None),
+        ("full", "hi there " * 3),
+        ("truncated", "hi there… [truncated: 19 more characters]"),
+    ],
+)
+async def test_prompts_are_kept_as_the_capture_mode_says(meter: Meter, mode: str, kept: str | None) -> None:
+    long_chat = {"model": "m", "messages": [{"role": "user", "content": "hi there " * 3}]}
     with taddons.context(meter) as tctx:
-        tctx.configure(meter, sidemeter_capture_prompts=True)
-        f = llm_flow(body=CHAT)
+        tctx.configure(meter, sidemeter_capture_prompts=mode, sidemeter_capture_prompts_chars=8)
+        f = llm_flow(body=long_chat)
         meter.request(f)
-    assert state_of(f).record.prompt == "hi there"
+        short = llm_flow(body=CHAT)
+        meter.request(short)
+    assert state_of(f).record.prompt == kept
+    # A prompt that fits is kept whole, without a marker, in either capturing mode.
+    assert state_of(short).record.prompt == (None if mode == "off" else "hi there")
 
 
 @pytest.mark.parametrize(

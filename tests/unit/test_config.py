@@ -29,12 +29,24 @@ def test_values_are_coerced_and_bad_ones_name_their_source(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="SIDEMETER_JWT_LEEWAY"):
         configmod.load(None, environ={"SIDEMETER_JWT_LEEWAY": "soon"})
     path = tmp_path / "c.toml"
-    path.write_text('max_token_bytes = true\nnope = 1\ncapture_prompts = "maybe"\n')
+    path.write_text('max_token_bytes = true\nnope = 1\njwks_refresh = "soon"\n')
     with pytest.raises(ConfigError) as info:
         configmod.read_file(path)
     problems = info.value.problems
     assert len(problems) == 3 and all(str(path) in p for p in problems)
     assert any("unknown key(s) nope" in p for p in problems)
+
+
+def test_capture_prompts_still_takes_the_old_true_and_false(tmp_path: Path) -> None:
+    path = tmp_path / "old.toml"
+    path.write_text("capture_prompts = true\n")
+    assert configmod.load(str(path), environ={}).capture_prompts == "full"
+    assert configmod.load(None, environ={"SIDEMETER_CAPTURE_PROMPTS": "false"}).capture_prompts == "off"
+    assert configmod.load(None, environ={"SIDEMETER_CAPTURE_PROMPTS": "truncated"}).capture_prompts == (
+        "truncated"
+    )
+    with pytest.raises(ConfigError, match="capture_prompts: 'some' is not one of: off, truncated, full"):
+        configmod.load(None, environ={"SIDEMETER_CAPTURE_PROMPTS": "some"})
 
 
 def test_every_problem_is_reported_not_only_the_first() -> None:

@@ -43,6 +43,7 @@ MITMPROXY_OPTIONS = {
     "sidemeter_upstream_api_key",
     "sidemeter_inject_usage",
     "sidemeter_capture_prompts",
+    "sidemeter_capture_prompts_chars",
     "sidemeter_db",
 }
 TOKEN_VERIFY_FLAGS = {
@@ -75,7 +76,6 @@ RUN_FLAGS = TOKEN_VERIFY_FLAGS | {
     "--data-dir",
     "--grace-period",
     "--capture-prompts",
-    "--no-capture-prompts",
     "--log-level",
 }
 CONFIG_KEYS = {
@@ -83,6 +83,7 @@ CONFIG_KEYS = {
     *("jwt_public_key", "jwks_url", "jwks_file", "jwks_refresh", "jwt_audience", "jwt_issuer"),
     *("jwt_leeway", "team_claim", "require_user_match", "max_token_bytes", "forward_authorization"),
     *("upstream_api_key", "grace_period", "queue_size", "batch_size", "journal", "capture_prompts"),
+    "capture_prompts_chars",
     *("body_size_limit", "data_dir", "log_level", "log_format", "access_log"),
     "jwt_max_lifetime",
     *("metrics_max_teams", "metrics_max_models", "metrics_user_label", "metrics_max_users"),
@@ -154,9 +155,9 @@ def test_flags_override_the_file_only_when_given(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(cli.run, "_load", fake_load)
     monkeypatch.setattr(cli.run, "_reexec_optimized", lambda: None)
-    res = CliRunner().invoke(cli.main, ["run", "--listen", "127.0.0.1:1", "--no-capture-prompts"])
+    res = CliRunner().invoke(cli.main, ["run", "--listen", "127.0.0.1:1", "--capture-prompts", "truncated"])
     assert res.exit_code == 0, res.output
-    assert seen == {"listen": "127.0.0.1:1", "capture_prompts": False}
+    assert seen == {"listen": "127.0.0.1:1", "capture_prompts": "truncated"}
 
 
 def test_addons_declare_the_options_and_read_them_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,8 +180,8 @@ def test_addons_declare_the_options_and_read_them_back(monkeypatch: pytest.Monke
             "org.team",
         )
         assert auth.settings.jwt_secret == "s" * 32  # from the environment, off the command line
-        tctx.configure(meter, sidemeter_inject_usage=False, sidemeter_capture_prompts=True)
-        assert (meter.inject_usage, meter.capture_prompts) == (False, True)
+        tctx.configure(meter, sidemeter_inject_usage=False, sidemeter_capture_prompts="full")
+        assert (meter.inject_usage, meter.capture_prompts) == (False, "full")
 
 
 def test_config_init_writes_every_key_with_its_help_variable_and_default(tmp_path: Path) -> None:
