@@ -61,6 +61,11 @@ async def test_sends_exactly_n_requests_as_each_user_and_reports_what_clients_sa
     finally:
         await sim.stop()
     assert len(records) == 23 == summary["client"]["requests"]
+    # The side-by-side column: every request found in the ops API under its id, same figures.
+    assert summary["records_found"] == 23 and summary["ops_problem"] is None
+    recorded, client = summary["recorded"], summary["client"]
+    for key in ("requests", "ok", "errors_by_status", "cancelled", "tokens_in", "tokens_out"):
+        assert recorded[key] == client[key], key
     by_user = {u: [r for r in records if r.user == u] for u in ("alice", "bob", "carol")}
     assert [len(v) for v in by_user.values()] == [8, 8, 7]  # users in turn
     assert {r.team for r in by_user["alice"]} == {"quant"} and {r.team for r in by_user["carol"]} == {None}
@@ -85,7 +90,8 @@ async def test_deliberate_faults_are_sent_and_counted_by_status(
             "--seed", "3", env={"SIDEMETER_JWT_SECRET": SECRET, "SIDEMETER_AUTH": "jwt"},
         )  # fmt: skip
         assert code == 0, out  # deliberate faults are not failures of the run
-        summary = json.loads(out)["client"]
+        both = json.loads(out)
+        summary = both["client"]
         records = await asyncio.to_thread(_records, side)
     finally:
         await sim.stop()
@@ -97,6 +103,8 @@ async def test_deliberate_faults_are_sent_and_counted_by_status(
     assert summary["errors_by_status"] == {"401": len(refused), "404": len(unknown)}
     assert summary["cancelled"] == len(cancelled)
     assert summary["ok"] == 30 - len(refused) - len(unknown) - len(cancelled)
+    for key in ("requests", "ok", "errors_by_status", "cancelled"):
+        assert both["recorded"][key] == summary[key], key  # the sidecar saw what the clients saw
 
 
 async def test_without_a_key_it_says_how_to_get_tokens(openai_side: RunningSidecar) -> None:
