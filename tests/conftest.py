@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.runtime import Sidecar
 from agent.sim import SimulatedLLM
+from tests.support.postgres import SKIP_REASON as POSTGRES_SKIP
+from tests.support.postgres import PostgresServer, running_server
+from tests.support.postgres import unavailable as postgres_unavailable
 from tests.support.sidecar import RunningSidecar, sidecar_config
 
 
@@ -80,3 +83,19 @@ async def paced_side(start_sidecar: Callable[..., object]) -> AsyncIterator[Runn
     await sim.start()
     yield await start_sidecar(sim.url)  # type: ignore[misc]
     await sim.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the whole session (skips, loudly, where none can run)."""
+    why = postgres_unavailable()
+    if why:
+        pytest.skip(POSTGRES_SKIP.format(why=why))
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """An empty database of this test's own on the session's PostgreSQL server."""
+    return postgres_server.new_database()

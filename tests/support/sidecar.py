@@ -52,12 +52,12 @@ class RunningSidecar:
 
 def sidecar_config(upstream: str, tmp_path: Path, db_url: str, **kw: object) -> Config:
     kw.setdefault("auth", "off")  # auth tests pass auth="jwt" and a key
+    kw.setdefault("db", db_url)  # another database (e.g. PostgreSQL) needs its own data_dir too
+    kw.setdefault("data_dir", str(tmp_path / "data"))
     return Config(
         upstream=upstream,
         listen="127.0.0.1:0",
         ops_listen="127.0.0.1:0",
-        db=db_url,
-        data_dir=str(tmp_path / "data"),
         grace_period=5.0,
         **kw,  # type: ignore[arg-type]
     ).validate()
