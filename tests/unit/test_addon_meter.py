@@ -68,22 +68,32 @@ async def test_a_buffered_chat_fills_the_record(meter: Meter) -> None:
 
 async def test_the_request_id_is_kept_or_made_and_echoed_both_ways(meter: Meter) -> None:
     with taddons.context(meter) as tctx:
-        sent = llm_flow(body=CHAT, headers={"X-Request-ID": "abc"})
+        sent = llm_flow(body=CHAT, headers={"X-Request-ID": "abc:1.2_3-4"})
         respond(sent, 200, COMPLETION)
         await tctx.cycle(meter, sent)
         made = llm_flow(body=CHAT)
         respond(made, 200, COMPLETION)
         await tctx.cycle(meter, made)
-        long = llm_flow(body=CHAT, headers={"X-Request-ID": "x" * 500})
-        respond(long, 200, COMPLETION)
-        await tctx.cycle(meter, long)
-    assert sent.response is not None and sent.response.headers["X-Request-ID"] == "abc"
+    assert sent.response is not None and sent.response.headers["X-Request-ID"] == "abc:1.2_3-4"
+    assert "X-Request-ID-Replaced" not in sent.response.headers
     generated = state_of(made).record.request_id
     assert uuid.UUID(generated).version == 7
     assert made.request.headers["X-Request-ID"] == generated  # the upstream sees it too
     assert made.response is not None and made.response.headers["X-Request-ID"] == generated
-    assert state_of(long).record.request_id == "x" * 128
-    assert long.request.headers["X-Request-ID"] == "x" * 128
+    assert "X-Request-ID-Replaced" not in made.response.headers  # none sent: nothing replaced
+
+
+@pytest.mark.parametrize("bad", ["x" * 129, "a b", "id<script>", "é", "a,b", "abc\rInjected: 1"])
+async def test_an_invalid_request_id_is_replaced_and_the_response_says_so(meter: Meter, bad: str) -> None:
+    with taddons.context(meter) as tctx:
+        f = llm_flow(body=CHAT, headers={"X-Request-ID": bad})
+        respond(f, 200, COMPLETION)
+        await tctx.cycle(meter, f)
+    rec = state_of(f).record
+    assert uuid.UUID(rec.request_id).version == 7
+    assert f.request.headers["X-Request-ID"] == rec.request_id  # the upstream never sees the bad one
+    assert f.response is not None and f.response.headers["X-Request-ID"] == rec.request_id
+    assert f.response.headers["X-Request-ID-Replaced"] == "1"
 
 
 async def test_prompts_are_kept_only_when_capture_is_on(meter: Meter) -> None:

@@ -62,7 +62,7 @@ def test_the_connection_handler_swap_is_counted_and_undone() -> None:
 
 
 # The private names of mitmproxy's the sidecar uses, as they would appear in an attribute or key.
-PRIVATE = {"_options", "_default", "_http1", "_events"}
+PRIVATE = {"_options", "_default", "_http1", "_events", "_base"}
 
 
 def test_no_module_outside_agent_proxy_uses_a_private_mitmproxy_name() -> None:
