@@ -322,3 +322,63 @@ def test_the_addon_loads_as_a_mitmdump_script() -> None:
         script = tctx.script(str(ROOT / "addons" / "meter.py"))
         assert [type(a).__name__ for a in script.addons] == ["Meter"]
         assert "sidemeter_inject_usage" in tctx.options
+
+
+@pytest.mark.parametrize(
+    ("message", "outcome", "status", "error"),
+    [
+        (
+            "HTTP/1 protocol error: peer closed connection without sending complete message body",
+            Outcome.CLIENT_CANCELLED,
+            None,
+            "the client hung up before sending the whole request body",
+        ),
+        ("HTTP/1 protocol error: illegal chunk header", Outcome.REJECTED, 400, "chunked framing"),
+        ("Bad HTTP request line: b'GET /x'", Outcome.REJECTED, 400, "request line"),
+        (
+            "Received invalid header name: b'a b' from client, refusing to prevent request smuggling",
+            Outcome.REJECTED,
+            400,
+            "not an HTTP token",
+        ),
+    ],
+)
+async def test_a_request_that_failed_while_arriving_is_told_apart(
+    meter: Meter, message: str, outcome: Outcome, status: int | None, error: str
+) -> None:
+    with taddons.context(meter):
+        f = llm_flow("/api/chat?x=1", body=CHAT)
+        f.request.timestamp_end = None  # its body never finished: no `request` hook
+        meter.requestheaders(f)
+        fail(f, message)
+        meter.error(f)
+    rec = state_of(f).record
+    assert (rec.outcome, rec.status) == (outcome, status)
+    assert error in (rec.error or "") and "b'" not in (rec.error or "")
+    assert (rec.dialect, rec.operation, rec.endpoint) == ("ollama", Operation.CHAT, "/api/chat")
+
+
+@pytest.mark.parametrize(
+    ("message", "outcome", "status"),
+    [
+        (
+            "HTTP/1 protocol error: peer closed connection without sending complete message body",
+            Outcome.UPSTREAM_ERROR,
+            502,
+        ),
+        ("Client disconnected.", Outcome.CLIENT_CANCELLED, None),
+        ("Response body exceeds mitmproxy's body_size_limit.", Outcome.UPSTREAM_ERROR, 502),
+    ],
+)
+async def test_a_buffered_answer_that_never_reached_the_client_is_not_its_upstream_status(
+    meter: Meter, message: str, outcome: Outcome, status: int | None
+) -> None:
+    with taddons.context(meter):
+        f = llm_flow(body=CHAT)
+        meter.request(f)
+        respond(f, 200, b"")  # the upstream's headers arrived; the body was still being buffered
+        meter.responseheaders(f)
+        fail(f, message)
+        meter.error(f)
+    rec = state_of(f).record
+    assert (rec.outcome, rec.status) == (outcome, status)
