@@ -21,14 +21,17 @@ _CONTROL: Final = bytes(range(0x21)) + b"\x7f"  # what a request target may not 
 def head_defect(lines: list[bytes]) -> str | None:
     """Why the request head `lines` (request line first, line ends removed) must be refused,
     or None. The reasons are fixed phrases: they never quote the client's bytes."""
-    for line in lines[1:]:
-        if b"\r" in line:
-            return BARE_CR
-        if b"\0" in line:
-            return NUL
-        if line[:1] in (b" ", b"\t"):
-            return FOLDED
-    parts = lines[0].split(b" ") if lines else []
+    if not lines:
+        return None
+    # One pass over the joined head (each line starting after a LF): this runs for every request.
+    head = b"\n".join(lines)
+    if b"\r" in head:
+        return TARGET if b"\r" in lines[0] else BARE_CR
+    if b"\0" in head:
+        return TARGET if b"\0" in lines[0] else NUL
+    if b"\n " in head or b"\n\t" in head:
+        return FOLDED
+    parts = lines[0].split(b" ")
     if len(parts) == 3 and parts[1].translate(None, _CONTROL) != parts[1]:
         return TARGET
     return None
