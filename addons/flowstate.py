@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 from mitmproxy import http
 
 from addons import headers as hdr
-from agent.records import REQUEST_ID_HEADER, UsageRecord, new_request_id
+from agent.records import REQUEST_ID_HEADER, UsageRecord, is_valid_request_id, new_request_id
 from agent.wire.request import RequestInfo
 
 if TYPE_CHECKING:
@@ -21,13 +21,12 @@ if TYPE_CHECKING:
 
 KEY: Final = "sidemeter"
 REQUEST_ID_KEY: Final = REQUEST_ID_HEADER.lower().encode()
-MAX_REQUEST_ID = 128  # a client's id is kept, within reason: it is an indexed column
 
 
 class FlowState:
     """What the sidecar knows about one flow: created once per request, read by every hook."""
 
-    __slots__ = ("in_flight", "info", "record", "recorded", "stream", "usage_injected")
+    __slots__ = ("id_replaced", "in_flight", "info", "record", "recorded", "stream", "usage_injected")
 
     def __init__(self, record: UsageRecord) -> None:
         self.record = record  # the usage record, filled in as the exchange happens
@@ -36,6 +35,7 @@ class FlowState:
         self.usage_injected = False  # we asked for usage: the stream needs the added chunk removed
         self.in_flight = False  # counted in the recorder's in-flight requests
         self.recorded = False  # the record went to the store: an error after a response must not count twice
+        self.id_replaced = False  # the client's X-Request-ID was invalid: the response says so
 
 
 def state_of(flow: http.HTTPFlow) -> FlowState:
@@ -47,8 +47,11 @@ def state_of(flow: http.HTTPFlow) -> FlowState:
 
 
 def start(flow: http.HTTPFlow, sent_id: str | None) -> FlowState:
-    """A new state for `flow` whose request came with request id `sent_id` (None: without)."""
-    state = FlowState(UsageRecord(request_id=sent_id[:MAX_REQUEST_ID] if sent_id else new_request_id()))
+    """A new state for `flow` whose request came with request id `sent_id` (None: without); an
+    invalid one is replaced by a generated id."""
+    kept = sent_id if sent_id is not None and is_valid_request_id(sent_id) else None
+    state = FlowState(UsageRecord(request_id=kept or new_request_id()))
+    state.id_replaced = sent_id is not None and kept is None
     flow.metadata[KEY] = state
     return state
 

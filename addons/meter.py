@@ -16,18 +16,28 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from addons import headers as hdr
-from addons.errors import unresolved_host
+from addons.errors import PEER_CLOSED, refusal, unresolved_host
 from addons.flowstate import KEY, REQUEST_ID_KEY, start, state_of
-from agent.records import REQUEST_ID_HEADER, Operation, Outcome, UsageRecord, UsageSource
+from agent.proxy.internals import MALFORMED_BODY
+from agent.records import (
+    REQUEST_ID_HEADER,
+    REQUEST_ID_REPLACED_HEADER,
+    Operation,
+    Outcome,
+    UsageRecord,
+    UsageSource,
+)
 from agent.settings import declare_options, option_names, read_options
 from agent.wire.decode import make_decoder
-from agent.wire.request import RequestInfo, add_include_usage, parse_request, should_inject_usage
+from agent.wire.request import RequestInfo, add_include_usage, classify, parse_request, should_inject_usage
 from agent.wire.response import parse_response
 from agent.wire.stream import StreamMeter
 from agent.wire.usage import Usage, estimate_usage
 
 CLIENT_DISCONNECTED: Final = "Client disconnected."
 KILLED: Final = "Connection killed."  # mitmproxy's flow.Error.KILLED_MESSAGE: the proxy ended the flow
+PROTOCOL_ERROR: Final = "HTTP/1 protocol error"  # h11 refused a body's framing (or saw it end early)
+HUNG_UP_MID_BODY: Final = "the client hung up before sending the whole request body"
 STREAM_CONTENT_TYPES: Final = ("text/event-stream", "application/x-ndjson")
 INFERENCE: Final = frozenset({Operation.CHAT, Operation.COMPLETION, Operation.EMBEDDING, Operation.RESPONSES})
 
@@ -127,6 +137,8 @@ class Meter:
         state = state_of(flow)
         headers = flow.response.headers
         hdr.put(headers, REQUEST_ID_HEADER, state.record.request_id)
+        if state.id_replaced:
+            hdr.put(headers, REQUEST_ID_REPLACED_HEADER, "1")
         info = state.info
         ctype = hdr.get(headers, b"content-type") or ""
         if info is None or not ctype.startswith(STREAM_CONTENT_TYPES):
@@ -173,8 +185,15 @@ class Meter:
         rec = state.record
         if rec.outcome == Outcome.REJECTED:
             return
+        request = flow.request
+        if (
+            not rec.endpoint and request.path
+        ):  # failed before its body was in: the path still says what it was
+            rec.dialect, rec.operation = classify(request.method, request.path)
+            rec.endpoint = request.path.split("?", 1)[0]
         msg = flow.error.msg if flow.error else "unknown error"
         relay = state.stream
+        incoming = request.timestamp_end is None  # failed while the request was still arriving
         if msg == CLIENT_DISCONNECTED and _finished_stream(flow, relay):
             # The client hung up after the stream's final event went out: openai-python closes
             # the connection at "data: [DONE]" without reading the end of the body. It got the
@@ -183,17 +202,19 @@ class Meter:
                 rec.outcome, rec.error = Outcome.OK, None
         elif msg == CLIENT_DISCONNECTED:
             _fail(rec, Outcome.CLIENT_CANCELLED, msg)
-        elif "body_size_limit" in msg:
+        elif incoming and PEER_CLOSED in msg:
+            _fail(rec, Outcome.CLIENT_CANCELLED, HUNG_UP_MID_BODY)
+        elif "body_size_limit" in msg and msg.startswith("Request"):
             _fail(rec, Outcome.REJECTED, msg)
             rec.status = 413
+        elif incoming and (why := refusal(MALFORMED_BODY if msg.startswith(PROTOCOL_ERROR) else msg)):
+            _fail(rec, Outcome.REJECTED, f"malformed request: {why}")  # answered 400 (addons/errors.py)
+            rec.status = 400
         elif msg == KILLED:  # ended by the sidecar (an addon, or a stop past its grace period)
             _fail(rec, Outcome.PROXY_ERROR, msg)
         else:
-            _fail(rec, Outcome.UPSTREAM_ERROR, unresolved_host(msg, flow.request.host) or msg)
-        if flow.response is not None:
-            rec.status = flow.response.status_code
-        elif rec.outcome == Outcome.UPSTREAM_ERROR:
-            rec.status = 502  # what mitmproxy answers; addons/errors.py renders the body
+            _fail(rec, Outcome.UPSTREAM_ERROR, unresolved_host(msg, request.host) or msg)
+        rec.status = _status_sent(flow, rec)
         if relay is not None:
             rec.response_bytes = relay.sent_bytes
             self._timing(rec, flow, relay.first_content_at, time.time())
@@ -244,6 +265,19 @@ def _fail(rec: UsageRecord, outcome: Outcome, error: str) -> None:
     that is the cause worth recording, whatever followed from it."""
     if rec.outcome != Outcome.PROXY_ERROR:
         rec.outcome, rec.error = outcome, error
+
+
+def _status_sent(flow: http.HTTPFlow, rec: UsageRecord) -> int | None:
+    """The status the client of a failed flow received: the response's, once its headers went
+    out (a streamed response, cut later); else the proxy's own answer, or None for none at all."""
+    resp = flow.response
+    if resp is not None and resp.stream:
+        return resp.status_code
+    if rec.outcome == Outcome.UPSTREAM_ERROR:
+        return 502  # mitmproxy answers it; addons/errors.py renders the body
+    if rec.outcome == Outcome.REJECTED:
+        return rec.status
+    return None  # the client hung up first, or the sidecar ended the flow without a word
 
 
 def _finished_stream(flow: http.HTTPFlow, relay: StreamRelay | None) -> bool:

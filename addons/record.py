@@ -61,9 +61,14 @@ class Recorder:
         state_of(flow).in_flight = True
 
     def response(self, flow: http.HTTPFlow) -> None:
+        rec = state_of(flow).record
+        if rec.status is None and flow.response is not None:
+            rec.status = flow.response.status_code
         self._finish(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        # No fallback to flow.response here: unless it was streamed, its headers never reached
+        # the client (the meter sets the status the client did get).
         self._finish(flow)
 
     def done(self) -> None:
@@ -81,8 +86,6 @@ class Recorder:
             if not self._live:
                 self.idle.set()
         rec = state.record
-        if rec.status is None and flow.response is not None:
-            rec.status = flow.response.status_code
         if rec.latency_ms is None:
             rec.latency_ms = round((time.time() - flow.request.timestamp_start) * 1000, 3)
         if self.store is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +47,19 @@ class UsageSource(StrEnum):
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 """The HTTP header of `UsageRecord.request_id`: the client's id when it sends one, and echoed
 on every response (one name for the sidecar, its clients and the record it writes)."""
+
+
+REQUEST_ID_REPLACED_HEADER: Final = "X-Request-ID-Replaced"
+"""Set on a response whose request carried an `X-Request-ID` the sidecar would not keep: the
+`X-Request-ID` beside it is the generated id that replaced it (in the record and upstream)."""
+
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def is_valid_request_id(value: str) -> bool:
+    """A client's request id is kept when it is 1-128 of `A-Z a-z 0-9 . _ : -`: it goes into
+    response headers, logs and an indexed column, where CR, NUL or a megabyte do harm."""
+    return _REQUEST_ID.fullmatch(value) is not None
 
 
 def utcnow() -> datetime:

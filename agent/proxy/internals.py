@@ -6,7 +6,10 @@ mitmproxy has no public way to do these three things, so each one reaches inside
   (`OptionValue`: the manager's `_options` dict and `_Option._default`);
 - answer the proxy's own failures (upstream unreachable, body over the limit) with a page of
   our own instead of mitmproxy's HTML (`install_error_pages`: wraps the private
-  `_http1.Http1Server.send`, the single place both majors write those pages);
+  `_http1.Http1Server.send`, the single place both majors write those pages), and answer a
+  request head or body the HTTP/1 server refuses the same way, with a flow for it, so it gets
+  its record (`Http1Server.read_headers` writes its HTML page itself and, when the request line
+  does not parse, makes no flow at all; `read_body` closes without a word);
 - have the proxy servers build our connection handler (`use_connection_handler`: the
   module-level `mode_servers.ProxyConnectionHandler` is looked up for every new connection,
   and `ConnectionHandler.server_event` feeds each event to `self.layer`).
@@ -19,15 +22,23 @@ Nothing else in the code base may import a private mitmproxy name.
 from __future__ import annotations
 
 import inspect
+import re
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from mitmproxy import http, optmanager, version
 from mitmproxy.connection import ConnectionState
-from mitmproxy.net.http import status_codes
-from mitmproxy.proxy import commands, mode_servers, server
-from mitmproxy.proxy.layers.http import ResponseProtocolError, _http1
+from mitmproxy.net.http import http1, status_codes
+from mitmproxy.proxy import commands, events, mode_servers, server
+from mitmproxy.proxy.layers.http import (
+    RequestHeaders,
+    RequestProtocolError,
+    ResponseProtocolError,
+    _base,
+    _http1,
+)
 
 MITMPROXY_VERSION = version.VERSION
 
@@ -66,8 +77,14 @@ ErrorPage = Callable[[http.Request | None, int, str], bytes]
 """Renders the whole HTTP response for a failed request: (request or None, status, mitmproxy's
 message) -> bytes on the wire."""
 
+HeadCheck = Callable[[list[bytes]], str | None]
+"""Says why a request head (its lines, request line first) must be refused, or None."""
+
 _stock_send = _http1.Http1Server.send
+_stock_read_headers = _http1.Http1Server.read_headers
+_stock_read_body = _http1.Http1Server.read_body  # Http1Connection's, shared with the client side
 _render: ErrorPage | None = None
+_check_head: HeadCheck | None = None
 
 
 def status_of(code: Any) -> int | None:
@@ -98,18 +115,138 @@ def _error_page(server: _http1.Http1Server, page: bytes) -> Generator[commands.C
     yield commands.CloseConnection(server.conn)
 
 
-def install_error_pages(render: ErrorPage) -> None:
-    """Have the HTTP/1 server answer protocol errors with `render`'s page, then close."""
-    global _render
-    _render = render
+def _read_headers(self: _http1.Http1Server, event: events.Event) -> Generator[commands.Command, Any, None]:
+    if _render is None or not isinstance(event, events.DataReceived):
+        return _stock_read_headers(self, event)  # type: ignore[arg-type]
+    return _read_head(self, event, _render)
+
+
+def _read_head(
+    server: _http1.Http1Server, event: events.DataReceived, render: ErrorPage
+) -> Generator[commands.Command, Any, None]:
+    # mitmproxy's read_headers for data, but a head it or `_check_head` refuses is answered with
+    # our page and still handed on as a flow (made up from what did parse) that then fails.
+    head = server.buf.maybe_extract_lines()
+    if not head:
+        return  # the head is not complete yet
+    lines = [bytes(x) for x in head]
+    try:
+        if _check_head is not None and (defect := _check_head(lines)) is not None:
+            raise ValueError(defect)
+        request = http1.read_request_head(lines)
+        expected_size = http1.expected_http_body_size(request)
+    except ValueError as e:
+        yield from _refuse_head(server, lines, str(e), render)
+        return
+    server.request = request
+    yield _base.ReceiveHttp(RequestHeaders(server.stream_id, request, expected_size == 0))
+    server.body_reader = _http1.make_body_reader(expected_size)
+    server.state = server.read_body
+    yield from server.state(event)
+
+
+def _refuse_head(
+    server: _http1.Http1Server, lines: list[bytes], message: str, render: ErrorPage
+) -> Generator[commands.Command, Any, None]:
+    request = server.request = refused_request(lines)
+    yield commands.SendData(server.conn, render(request, 400, message))
+    yield commands.CloseConnection(server.conn)
+    yield _base.ReceiveHttp(RequestHeaders(server.stream_id, request, True))
+    yield _base.ReceiveHttp(RequestProtocolError(server.stream_id, message, 400))
+    server.state = server.done
+
+
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VERSION: Final = re.compile(rb"HTTP/\d\.\d")
+_FRAMING: Final = (b"content-length", b"transfer-encoding")
+
+
+def refused_request(lines: list[bytes]) -> http.Request:
+    """The request a refused head stands for, made of its well-formed parts only: the method
+    and origin-form path when the request line has them, and the header fields whose name is a
+    token and whose value is printable, less the framing ones (the body is never read)."""
+    parts = lines[0].split(b" ") if lines else []
+    method, target, version = parts if len(parts) == 3 else (b"", b"", b"")
+    if not _TOKEN.fullmatch(method):
+        method = b""
+    if not (target.startswith(b"/") and _printable(target)):
+        target = b""
+    fields = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        value = value.strip(b" \t")
+        if (
+            colon
+            and _TOKEN.fullmatch(name)
+            and name.lower() not in _FRAMING
+            and _printable(value, space=True)
+        ):
+            fields.append((name, value))
+    return http.Request(
+        host="",
+        port=0,
+        method=method,
+        scheme=b"",
+        authority=b"",
+        path=target,
+        http_version=version if _VERSION.fullmatch(version) else b"HTTP/1.1",
+        headers=http.Headers(fields),
+        content=None,
+        trailers=None,
+        timestamp_start=time.time(),
+        timestamp_end=None,
+    )
+
+
+def _printable(value: bytes, space: bool = False) -> bool:
+    low = 0x20 if space else 0x21
+    return all(low <= c <= 0x7E for c in value)
+
+
+def _read_body(self: _http1.Http1Server, event: events.Event) -> Generator[commands.Command, Any, None]:
+    if _render is None or not isinstance(event, events.DataReceived):
+        return _stock_read_body(self, event)
+    return _body_or_refusal(self, event, _render)
+
+
+def _body_or_refusal(
+    server: _http1.Http1Server, event: events.DataReceived, render: ErrorPage
+) -> Generator[commands.Command, Any, None]:
+    for command in _stock_read_body(server, event):
+        # read_body closes only when h11 refused the body's framing (a bad chunk, say): the
+        # client is still there, waiting for an answer it is owed.
+        if (
+            type(command) is commands.CloseConnection
+            and not server.response
+            and server.conn.state & ConnectionState.CAN_WRITE
+        ):
+            yield commands.SendData(server.conn, render(server.request, 400, MALFORMED_BODY))
+        yield command
+
+
+MALFORMED_BODY: Final = "malformed request body"
+"""The message a request body's framing error is answered with."""
+
+
+def install_error_pages(render: ErrorPage, check_head: HeadCheck | None = None) -> None:
+    """Have the HTTP/1 server answer protocol errors with `render`'s page, then close; a request
+    head that does not parse, or that `check_head` refuses, is answered 400 and still becomes a
+    flow that fails (its hooks run: `requestheaders`, then `error`)."""
+    global _render, _check_head
+    _render, _check_head = render, check_head
     _http1.Http1Server.send = _send  # type: ignore[method-assign]
+    _http1.Http1Server.read_headers = _read_headers  # type: ignore[method-assign]
+    _http1.Http1Server.read_body = _read_body  # type: ignore[method-assign]
 
 
 def remove_error_pages() -> None:
     """mitmproxy's own error pages again."""
-    global _render
-    _render = None
+    global _render, _check_head
+    _render = _check_head = None
     _http1.Http1Server.send = _stock_send  # type: ignore[method-assign]
+    _http1.Http1Server.read_headers = _stock_read_headers  # type: ignore[method-assign]
+    if "read_body" in vars(_http1.Http1Server):
+        del _http1.Http1Server.read_body  # inherited from Http1Connection again
 
 
 # -- the connection handler ------------------------------------------------------------------------
@@ -207,6 +344,51 @@ def _http1_send_holds() -> bool:
     )
 
 
+def _fed(
+    read: Callable[..., Any], data: bytes, prepare: Callable[[Any], None] | None = None
+) -> tuple[Any, list[str]]:
+    """A fresh HTTP/1 server side that has received `data`, and what `read` made of it: the
+    names of the commands, or of the HTTP events they carry up."""
+    from mitmproxy.options import Options
+    from mitmproxy.proxy.context import Context
+    from mitmproxy.test import tflow
+
+    server_side = _http1.Http1Server(Context(tflow.tclient_conn(), Options()))
+    if prepare is not None:
+        prepare(server_side)
+    server_side.buf += data
+    out = list(read(server_side, events.DataReceived(server_side.conn, data)))
+    return server_side, [type(getattr(c, "event", c)).__name__ for c in out]
+
+
+def _http1_read_headers_holds() -> bool:
+    data = b"POST /v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}"
+    stock, stock_out = _fed(_stock_read_headers, data)
+    ours, our_out = _fed(lambda s, e: _read_head(s, e, lambda *a: b""), data)
+    return (
+        list(inspect.signature(_stock_read_headers).parameters) == ["self", "event"]
+        and inspect.isgeneratorfunction(_stock_read_headers)
+        and stock_out == our_out == ["RequestHeaders", "RequestData", "RequestEndOfMessage"]
+        and ours.request.path == stock.request.path == "/v1/x"
+        and ours.state.__name__ == stock.state.__name__ == "wait"
+        and isinstance(ours.body_reader, type(stock.body_reader))
+    )
+
+
+def _http1_read_body_holds() -> bool:
+    def chunked(server_side: Any) -> None:
+        server_side.request = refused_request([b"POST / HTTP/1.1"])
+        server_side.body_reader = _http1.make_body_reader(None)
+        server_side.state = server_side.read_body
+
+    _, out = _fed(_stock_read_body, b"zz\r\n", chunked)
+    return (
+        _stock_read_body is _http1.Http1Connection.read_body
+        and inspect.isgeneratorfunction(_stock_read_body)
+        and out == ["CloseConnection", "RequestProtocolError"]
+    )
+
+
 def _protocol_error_holds() -> bool:
     event = ResponseProtocolError(1, "probe", status_codes.BAD_GATEWAY)
     return event.message == "probe" and status_of(event.code) == 502
@@ -242,6 +424,22 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "with `.request`, `.response` and `.conn` on the server",
         _http1_send_holds,
         "install_error_pages (addons/errors.py's JSON error pages)",
+    ),
+    Requirement(
+        "http1-read-headers",
+        "`Http1Server.read_headers(self, event)` is a generator that takes the head from "
+        "`self.buf.maybe_extract_lines()`, parses it with `http1.read_request_head` and "
+        "`expected_http_body_size`, hands `_base.ReceiveHttp(RequestHeaders)` up, and reads the body "
+        "with `_http1.make_body_reader(size)` in `self.read_body`",
+        _http1_read_headers_holds,
+        "install_error_pages (addons/errors.py: refused request heads answered as JSON, with a record)",
+    ),
+    Requirement(
+        "http1-read-body",
+        "`Http1Server.read_body` is `Http1Connection.read_body`, a generator that answers a body h11 "
+        "refuses with `CloseConnection` and then `RequestProtocolError`",
+        _http1_read_body_holds,
+        "install_error_pages (addons/errors.py: a malformed request body answered as JSON)",
     ),
     Requirement(
         "protocol-error-event",

@@ -8,14 +8,15 @@ import json
 import pytest
 from mitmproxy import http, options
 from mitmproxy.net.http import http1, status_codes
-from mitmproxy.proxy import commands
+from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import ResponseProtocolError
 from mitmproxy.proxy.layers.http._http1 import Http1Server  # what the addon's pages replace
 from mitmproxy.test import taddons, tflow
 
-from addons.errors import DialectErrors, client_message, render_error, sidecar_failed
+from addons.errors import DialectErrors, client_message, refusal, render_error, sidecar_failed
 from addons.flowstate import state_of
+from agent.proxy.internals import refused_request
 from agent.records import Outcome
 from tests.support.flows import UPSTREAM_HOST, llm_flow
 from tests.support.paths import ROOT
@@ -132,3 +133,76 @@ def test_the_addon_loads_as_a_mitmdump_script() -> None:
         script = tctx.script(str(ROOT / "addons" / "errors.py"))
         assert [type(a).__name__ for a in script.addons] == ["DialectErrors"]
         assert http1.assemble_response  # the module the pages are assembled with is importable
+
+
+@pytest.mark.parametrize(
+    ("detail", "said"),
+    [
+        ("Bad HTTP request line: b'GARBAGE'", "request line"),
+        ("Invalid header line: b'Authorization Bearer sk-1'", "no colon"),
+        ("invalid content-length header: '2, 3'", "Content-Length"),
+        ("Received multiple content-length headers: [b'2', b'3'] from client, refusing ...", "more than one"),
+        (
+            "Received unknown transfer-encoding header: b'xchunked' from client, refusing ...",
+            "Transfer-Encoding",
+        ),
+        ("mitmproxy received an HTTP CONNECT request even though ...", "CONNECT"),
+    ],
+)
+def test_a_refusal_is_described_without_the_clients_bytes(detail: str, said: str) -> None:
+    message = client_message(400, detail)
+    assert message.startswith("malformed request, refused by the sidecar: ") and said in message
+    assert "sk-1" not in message and "xchunked" not in message and "b'" not in message
+    assert refusal(detail) is not None and "mitmproxy" not in message
+
+
+def test_an_unknown_400_still_says_nothing_of_its_detail() -> None:
+    assert client_message(400, "Something new: b'secret'") == (
+        "malformed request, refused by the sidecar: not valid HTTP/1.1"
+    )
+    assert refusal("Server disconnected.") is None
+
+
+@pytest.mark.parametrize(("sent", "replaced"), [(None, False), ("a b\r", True), ("x" * 129, True)])
+def test_a_page_carries_a_valid_id_and_the_request_keeps_it_for_the_record(
+    sent: str | None, replaced: bool
+) -> None:
+    request = llm_flow(headers={"X-Request-ID": sent} if sent is not None else {}).request
+    resp = parse(render_error(request, 400, "Bad HTTP request line: b'x'"))
+    assert resp.headers["X-Request-ID"] == request.headers["X-Request-ID"] != sent
+    assert ("X-Request-ID-Replaced" in resp.headers) is replaced
+
+
+def _feed(server: Http1Server, data: bytes) -> list[commands.Command]:
+    server.buf += data
+    return list(server.read_headers(events.DataReceived(server.conn, data)))
+
+
+def test_while_loaded_a_refused_head_is_our_page_then_a_flow_that_fails() -> None:
+    addon = DialectErrors()
+    head = b"POST /api/chat HTTP/1.1\r\nHost: x\r\nX-Request-ID: r-1\r\nAuthorization Bearer sk-9\r\n\r\n"
+    with taddons.context(addon):
+        server = Http1Server(Context(tflow.tclient_conn(), options.Options()))
+        out = _feed(server, head)
+        addon.done()
+    kinds = [type(getattr(c, "event", c)).__name__ for c in out]
+    assert kinds == ["SendData", "CloseConnection", "RequestHeaders", "RequestProtocolError"]
+    page = parse(out[0].data)  # type: ignore[attr-defined]
+    assert page.status_code == 400 and page.headers["X-Request-ID"] == "r-1"
+    assert json.loads(page.content or b"")["error"].endswith("a header line has no colon")  # Ollama's shape
+    assert b"sk-9" not in out[0].data  # type: ignore[attr-defined]
+    request = out[2].event.request  # type: ignore[attr-defined]
+    assert (request.method, request.path) == ("POST", "/api/chat")
+    assert "Authorization" not in request.headers and request.headers["X-Request-ID"] == "r-1"
+    stock = _feed(Http1Server(Context(tflow.tclient_conn(), options.Options())), head)
+    assert any(isinstance(c, commands.SendData) and b"<html>" in c.data for c in stock)  # unloaded again
+
+
+def test_a_request_line_that_does_not_parse_still_makes_a_request_of_what_is_well_formed() -> None:
+    request = refused_request(
+        [b"GARBAGE", b"X-Request-ID: r-2", b"Bad Name: x", b"Content-Length: 9", b"X: \x01"]
+    )
+    assert (request.method, request.path) == ("", "")
+    assert list(request.headers.items()) == [("X-Request-ID", "r-2")]
+    target = refused_request([b"GET /a\x00b HTTP/1.1"])
+    assert (target.method, target.path) == ("GET", "")

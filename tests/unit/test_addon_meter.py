@@ -68,22 +68,32 @@ async def test_a_buffered_chat_fills_the_record(meter: Meter) -> None:
 
 async def test_the_request_id_is_kept_or_made_and_echoed_both_ways(meter: Meter) -> None:
     with taddons.context(meter) as tctx:
-        sent = llm_flow(body=CHAT, headers={"X-Request-ID": "abc"})
+        sent = llm_flow(body=CHAT, headers={"X-Request-ID": "abc:1.2_3-4"})
         respond(sent, 200, COMPLETION)
         await tctx.cycle(meter, sent)
         made = llm_flow(body=CHAT)
         respond(made, 200, COMPLETION)
         await tctx.cycle(meter, made)
-        long = llm_flow(body=CHAT, headers={"X-Request-ID": "x" * 500})
-        respond(long, 200, COMPLETION)
-        await tctx.cycle(meter, long)
-    assert sent.response is not None and sent.response.headers["X-Request-ID"] == "abc"
+    assert sent.response is not None and sent.response.headers["X-Request-ID"] == "abc:1.2_3-4"
+    assert "X-Request-ID-Replaced" not in sent.response.headers
     generated = state_of(made).record.request_id
     assert uuid.UUID(generated).version == 7
     assert made.request.headers["X-Request-ID"] == generated  # the upstream sees it too
     assert made.response is not None and made.response.headers["X-Request-ID"] == generated
-    assert state_of(long).record.request_id == "x" * 128
-    assert long.request.headers["X-Request-ID"] == "x" * 128
+    assert "X-Request-ID-Replaced" not in made.response.headers  # none sent: nothing replaced
+
+
+@pytest.mark.parametrize("bad", ["x" * 129, "a b", "id<script>", "é", "a,b", "abc\rInjected: 1"])
+async def test_an_invalid_request_id_is_replaced_and_the_response_says_so(meter: Meter, bad: str) -> None:
+    with taddons.context(meter) as tctx:
+        f = llm_flow(body=CHAT, headers={"X-Request-ID": bad})
+        respond(f, 200, COMPLETION)
+        await tctx.cycle(meter, f)
+    rec = state_of(f).record
+    assert uuid.UUID(rec.request_id).version == 7
+    assert f.request.headers["X-Request-ID"] == rec.request_id  # the upstream never sees the bad one
+    assert f.response is not None and f.response.headers["X-Request-ID"] == rec.request_id
+    assert f.response.headers["X-Request-ID-Replaced"] == "1"
 
 
 @pytest.mark.parametrize(
@@ -325,3 +335,63 @@ def test_the_addon_loads_as_a_mitmdump_script() -> None:
         script = tctx.script(str(ROOT / "addons" / "meter.py"))
         assert [type(a).__name__ for a in script.addons] == ["Meter"]
         assert "sidemeter_inject_usage" in tctx.options
+
+
+@pytest.mark.parametrize(
+    ("message", "outcome", "status", "error"),
+    [
+        (
+            "HTTP/1 protocol error: peer closed connection without sending complete message body",
+            Outcome.CLIENT_CANCELLED,
+            None,
+            "the client hung up before sending the whole request body",
+        ),
+        ("HTTP/1 protocol error: illegal chunk header", Outcome.REJECTED, 400, "chunked framing"),
+        ("Bad HTTP request line: b'GET /x'", Outcome.REJECTED, 400, "request line"),
+        (
+            "Received invalid header name: b'a b' from client, refusing to prevent request smuggling",
+            Outcome.REJECTED,
+            400,
+            "not an HTTP token",
+        ),
+    ],
+)
+async def test_a_request_that_failed_while_arriving_is_told_apart(
+    meter: Meter, message: str, outcome: Outcome, status: int | None, error: str
+) -> None:
+    with taddons.context(meter):
+        f = llm_flow("/api/chat?x=1", body=CHAT)
+        f.request.timestamp_end = None  # its body never finished: no `request` hook
+        meter.requestheaders(f)
+        fail(f, message)
+        meter.error(f)
+    rec = state_of(f).record
+    assert (rec.outcome, rec.status) == (outcome, status)
+    assert error in (rec.error or "") and "b'" not in (rec.error or "")
+    assert (rec.dialect, rec.operation, rec.endpoint) == ("ollama", Operation.CHAT, "/api/chat")
+
+
+@pytest.mark.parametrize(
+    ("message", "outcome", "status"),
+    [
+        (
+            "HTTP/1 protocol error: peer closed connection without sending complete message body",
+            Outcome.UPSTREAM_ERROR,
+            502,
+        ),
+        ("Client disconnected.", Outcome.CLIENT_CANCELLED, None),
+        ("Response body exceeds mitmproxy's body_size_limit.", Outcome.UPSTREAM_ERROR, 502),
+    ],
+)
+async def test_a_buffered_answer_that_never_reached_the_client_is_not_its_upstream_status(
+    meter: Meter, message: str, outcome: Outcome, status: int | None
+) -> None:
+    with taddons.context(meter):
+        f = llm_flow(body=CHAT)
+        meter.request(f)
+        respond(f, 200, b"")  # the upstream's headers arrived; the body was still being buffered
+        meter.responseheaders(f)
+        fail(f, message)
+        meter.error(f)
+    rec = state_of(f).record
+    assert (rec.outcome, rec.status) == (outcome, status)

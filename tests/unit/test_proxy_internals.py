@@ -3,6 +3,9 @@ not, the failure names the mitmproxy version and what changed."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 from mitmproxy import optmanager, version
 from mitmproxy.proxy import mode_servers
@@ -43,6 +46,18 @@ def test_a_changed_send_method_is_reported(monkeypatch: pytest.MonkeyPatch) -> N
     assert (http1_send.failure() or "").startswith(f"mitmproxy {version.VERSION} changed: `mitmproxy.proxy")
 
 
+def test_a_changed_read_headers_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    def read_headers(self: Any, event: Any) -> Iterator[Any]:  # parses, but never hands the head on
+        self.buf.maybe_extract_lines()
+        yield from ()
+
+    monkeypatch.setattr(internals, "_stock_read_headers", read_headers)
+    [requirement] = [r for r in internals.REQUIREMENTS if r.name == "http1-read-headers"]
+    assert (requirement.failure() or "").startswith(
+        f"mitmproxy {version.VERSION} changed: `Http1Server.read_headers"
+    )
+
+
 def test_every_private_touch_is_covered_by_a_requirement() -> None:
     used_by = " ".join(r.used_by for r in internals.REQUIREMENTS)
     for name in ("OptionValue", "install_error_pages", "use_connection_handler"):
@@ -62,7 +77,7 @@ def test_the_connection_handler_swap_is_counted_and_undone() -> None:
 
 
 # The private names of mitmproxy's the sidecar uses, as they would appear in an attribute or key.
-PRIVATE = {"_options", "_default", "_http1", "_events"}
+PRIVATE = {"_options", "_default", "_http1", "_events", "_base"}
 
 
 def test_no_module_outside_agent_proxy_uses_a_private_mitmproxy_name() -> None:
