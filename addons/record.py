@@ -85,6 +85,11 @@ class Recorder:
             rec.status = flow.response.status_code
         if rec.latency_ms is None:
             rec.latency_ms = round((time.time() - flow.request.timestamp_start) * 1000, 3)
+        self.submit(rec)
+
+    def submit(self, rec: UsageRecord) -> None:
+        """Store `rec` and tell the listeners: every record passes here, flow or not (a request
+        head refused before mitmproxy made a flow of it)."""
         if self.store is not None:
             self.store.submit(rec)
         for listener in self.listeners:
