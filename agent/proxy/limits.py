@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
-from mitmproxy.connection import Client, ConnectionState
+from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import events
 
 from agent.metrics import CONNECTIONS_CLOSED
@@ -84,17 +84,10 @@ class ConnectionLimits:
         self.max_connections = 4096
         self.max_request_line = 16384
         self.max_header_size = 65536
+        self._derive()
         self.open = 0  # client connections open now
-        self._clocks: dict[Client, ConnectionClock] = {}
-
-    @property
-    def step(self) -> float:
-        """Longest a clock's timer is set ahead: no deadline can then come before it fires."""
-        return min(self.header_timeout, self.idle_timeout)
-
-    @property
-    def smallest_head_limit(self) -> int:
-        return min(self.max_request_line, self.max_header_size)
+        # By id(client): `Connection.__hash__` and `__eq__` are Python calls, twice per request.
+        self._clocks: dict[int, ConnectionClock] = {}
 
     def load(self, loader: Loader) -> None:
         declare_options(loader, "limits")
@@ -103,6 +96,12 @@ class ConnectionLimits:
         if updated & option_names("limits"):
             for name, value in read_options(ctx.options, "limits").items():
                 setattr(self, name, value)
+            self._derive()
+
+    def _derive(self) -> None:
+        # Read on every request: plain attributes, not properties.
+        self.step = min(self.header_timeout, self.idle_timeout)  # no deadline comes before a timer fires
+        self.smallest_head_limit = min(self.max_request_line, self.max_header_size)
 
     # -- connections ------------------------------------------------------------------
 
@@ -112,12 +111,12 @@ class ConnectionLimits:
             CONNECTIONS_CLOSED.labels("max_connections").inc()
             return None
         self.open += 1
-        clock = self._clocks[handler.client] = ConnectionClock(self, handler)
+        clock = self._clocks[id(handler.client)] = ConnectionClock(self, handler)
         return clock
 
     def detach(self, clock: ConnectionClock) -> None:
         self.open -= 1
-        self._clocks.pop(clock.handler.client, None)
+        self._clocks.pop(id(clock.handler.client), None)
         clock.stop()
 
     def over_limit_page(self) -> bytes:
@@ -130,7 +129,7 @@ class ConnectionLimits:
     # -- requests -----------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        clock = self._clocks.get(flow.client_conn)
+        clock = self._clocks.get(id(flow.client_conn))
         if clock is None:
             return
         received = clock.head_bytes
@@ -143,7 +142,7 @@ class ConnectionLimits:
                 self.refuse(flow, *over)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        clock = self._clocks.get(flow.client_conn)
+        clock = self._clocks.get(id(flow.client_conn))
         if clock is not None:
             clock.idle()
 
