@@ -36,6 +36,9 @@ class _Handler:
     def __init__(self, client: Any) -> None:
         self.client = client
 
+    def sending(self) -> bool:
+        return False
+
     def close_client(self, reason: str) -> None:
         raise AssertionError(f"closed during the bench: {reason}")
 

@@ -256,6 +256,8 @@ class ConnectionClock:
         if self.phase is BUSY:
             return  # set again when the request ends
         now = self.loop.time()
+        if self.phase is IDLE and self.handler.sending():  # a slow reader still gets its response
+            self.deadline = now + self.limits.idle_timeout
         if now < self.deadline:
             self._timer = self.loop.call_at(min(self.deadline, now + self.limits.step), self._check)
             return
@@ -332,6 +334,12 @@ class LimitedConnectionHandler(InlineHookHandler):
         clock.drain()
         if limits.submit is not None:
             limits.submit(rec)
+
+    def sending(self) -> bool:
+        """Whether bytes for the client are still waiting in the socket's write buffer."""
+        io = self.transports.get(self.client)
+        transport = getattr(io.writer, "transport", None) if io is not None else None
+        return transport is not None and transport.get_write_buffer_size() > 0
 
     def close_client(self, reason: str) -> None:
         """Close the client's connection as mitmproxy's own inactivity timeout does."""

@@ -3,12 +3,22 @@ line, the measure of a parsed head and the open-files plan."""
 
 from __future__ import annotations
 
+import asyncio
 import resource
+import time
+from collections.abc import Callable
 
 import pytest
 from mitmproxy import http
 
-from agent.proxy.limits import head_over_limits, open_files_plan, request_line_start
+from agent.proxy.limits import (
+    ConnectionClock,
+    ConnectionLimits,
+    fit_open_files,
+    head_over_limits,
+    open_files_plan,
+    request_line_start,
+)
 from agent.records import TEXT_LIMITS, TRUNCATED, UsageRecord, bound_text_fields, bounded
 
 INF = resource.RLIM_INFINITY
@@ -74,3 +84,69 @@ def test_the_open_files_limit_is_raised_to_fit_or_the_connections_lowered() -> N
     assert open_files_plan(4096, 1024, INF) == (need, 4096)
     assert open_files_plan(4096, INF, INF) == (INF, 4096)
     assert open_files_plan(4096, 1024, 4096) == (4096, (4096 - 64) // 2)  # the hard limit is short
+
+
+def test_start_up_raises_the_soft_limit_or_warns_and_lowers_the_connections(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits: dict[str, tuple[int, int]] = {"now": (1024, 4096)}
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: limits["now"])
+    monkeypatch.setattr(resource, "setrlimit", lambda _which, value: limits.__setitem__("now", value))
+    assert fit_open_files(500) == 500 and limits["now"] == (2 * 500 + 64, 4096)  # raised, quietly
+    assert not caplog.records
+    limits["now"] = (1024, 4096)
+    assert fit_open_files(4096) == (4096 - 64) // 2 and limits["now"] == (4096, 4096)
+    assert "accepting at most 2016 client connections" in caplog.text and "ulimit -Hn" in caplog.text
+
+
+class _Handler:
+    """What a clock needs of its connection handler, with the write buffer in the test's hands."""
+
+    def __init__(self) -> None:
+        self.client = object()
+        self.buffered = False
+        self.closed: list[str] = []
+
+    def sending(self) -> bool:
+        return self.buffered
+
+    def close_client(self, reason: str) -> None:
+        self.closed.append(reason)
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_the_idle_timeout_waits_for_a_slow_reader_to_take_its_response() -> None:
+    limits = ConnectionLimits()
+    limits.header_timeout, limits.idle_timeout = 0.05, 0.1
+    limits._derive()
+    handler = _Handler()
+    clock = ConnectionClock(limits, handler)  # type: ignore[arg-type]
+    clock.busy()
+    clock.idle()  # the response hook ran, but its bytes are still queued for the client
+    handler.buffered = True
+    await asyncio.sleep(0.4)  # four idle timeouts pass while the client is still reading
+    assert handler.closed == []
+    handler.buffered = False  # it has read everything: now it is idle
+    await _until(lambda: handler.closed == ["idle_timeout"])
+    clock.stop()
+
+
+async def test_a_clock_in_progress_never_fires_and_a_new_head_gets_the_header_timeout() -> None:
+    limits = ConnectionLimits()
+    limits.header_timeout, limits.idle_timeout = 0.05, 10.0
+    limits._derive()
+    handler = _Handler()
+    clock = ConnectionClock(limits, handler)  # type: ignore[arg-type]
+    clock.busy()
+    await asyncio.sleep(0.2)
+    assert handler.closed == []
+    clock.idle()
+    clock.head_data(b"GET / HT")  # the next request's first bytes: 0.05 s, not 10 s
+    await _until(lambda: handler.closed == ["header_timeout"])
+    clock.stop()
