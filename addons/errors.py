@@ -139,14 +139,27 @@ def sidecar_failed(flow: http.HTTPFlow, hook: str, where: str, exc: Exception) -
     rec.outcome = Outcome.PROXY_ERROR
     rec.error = f"sidecar failed in {where}.{hook}: {type(exc).__name__}: {exc}"
     if flow.response is None and hook in REQUEST_PHASE:
-        dialect, _ = classify(flow.request.method, flow.request.path)
         message = "the sidecar failed to handle this request; its log has the details"
-        flow.response = http.Response.make(
-            500,
-            error_body(dialect, 500, message, "server_error"),
-            {"Content-Type": "application/json", REQUEST_ID_HEADER: rec.request_id},
-        )
-        rec.status = 500
+        _answer(flow, 500, message, "server_error")
+
+
+def refuse(flow: http.HTTPFlow, status: int, message: str) -> None:
+    """Answer `flow` with `status` and `message` in the client's dialect before it goes
+    upstream (a request head over the sidecar's limits); the record says it was refused."""
+    rec = record_of(flow)
+    rec.outcome, rec.error = Outcome.REJECTED, message
+    _answer(flow, status, message, "invalid_request_error")
+
+
+def _answer(flow: http.HTTPFlow, status: int, message: str, err_type: str) -> None:
+    rec = record_of(flow)
+    dialect, _ = classify(flow.request.method, flow.request.path)
+    flow.response = http.Response.make(
+        status,
+        error_body(dialect, status, message, err_type),
+        {"Content-Type": "application/json", REQUEST_ID_HEADER: rec.request_id},
+    )
+    rec.status = status
 
 
 class DialectErrors:

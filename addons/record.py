@@ -10,7 +10,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from addons.flowstate import state_of
-from agent.records import Outcome, UsageRecord
+from agent.records import Outcome, UsageRecord, bound_text_fields
 from agent.settings import declare_options
 from agent.store.writer import UsageStore
 
@@ -88,6 +88,12 @@ class Recorder:
         rec = state.record
         if rec.latency_ms is None:
             rec.latency_ms = round((time.time() - flow.request.timestamp_start) * 1000, 3)
+        self.submit(rec)
+
+    def submit(self, rec: UsageRecord) -> None:
+        """Store `rec` and tell the listeners: every record passes here, flow or not (a request
+        head refused before mitmproxy made a flow of it), with its text fields bounded."""
+        bound_text_fields(rec)
         if self.store is not None:
             self.store.submit(rec)
         for listener in self.listeners:

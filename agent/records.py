@@ -136,3 +136,43 @@ def field_types() -> dict[str, tuple[type, bool]]:
         (base,) = [m for m in members if m is not type(None)]
         types[name] = (base, type(None) in members)
     return types
+
+
+TEXT_LIMITS: Final[tuple[tuple[str, int], ...]] = (
+    ("request_id", 128),
+    ("user", 256),
+    ("team", 256),
+    ("client_ip", 64),
+    ("upstream", 512),
+    ("endpoint", 1024),
+    ("model", 256),
+    ("error", 1024),
+    ("prompt", 65536),
+)
+"""The longest each text field of a stored record may be, in characters. A client controls
+most of them (a path, a model name, a token's claims, the error a bad request causes), and a
+refused request must not be able to store megabytes."""
+
+TRUNCATED: Final = "…[truncated {} chars]"
+"""What replaces the end of a value over its limit: the value with the marker is exactly the
+limit long, and says how many characters of the original are not stored."""
+
+
+def bounded(value: str, limit: int) -> str:
+    """`value`, or its start and the `TRUNCATED` marker when it is longer than `limit`."""
+    if len(value) <= limit:
+        return value
+    keep = max(0, limit - len(TRUNCATED.format(len(value))))  # the longest marker it can need
+    # A shorter count leaves room for more of the value; each pass only keeps more, and stops.
+    while keep < limit and len(TRUNCATED.format(len(value) - keep - 1)) <= limit - keep - 1:
+        keep += 1
+    return value[:keep] + TRUNCATED.format(len(value) - keep)
+
+
+def bound_text_fields(rec: UsageRecord) -> None:
+    """Cut every text field of `rec` over its `TEXT_LIMITS` entry (in place): once per record,
+    a length check per field when nothing is over."""
+    for name, limit in TEXT_LIMITS:
+        value = getattr(rec, name)
+        if value is not None and len(value) > limit:
+            setattr(rec, name, bounded(value, limit))

@@ -25,7 +25,7 @@ from mitmproxy.master import Master
 from mitmproxy.proxy.layers.http import HttpErrorHook
 
 from addons.auth import Auth
-from addons.errors import DialectErrors, sidecar_failed
+from addons.errors import DialectErrors, refuse, render_error, sidecar_failed
 from addons.meter import Meter
 from addons.record import Recorder
 from agent import metrics
@@ -34,7 +34,9 @@ from agent.auth.settings import AuthSettings
 from agent.auth.verify import Verifier
 from agent.config import Config, ConfigError, parse_size
 from agent.logs import AccessLog
-from agent.proxy.dispatch import HandlerError, HookIndex, SidecarOptions, use_inline_hooks
+from agent.proxy.dispatch import HandlerError, HookIndex, SidecarOptions
+from agent.proxy.internals import use_connection_handler
+from agent.proxy.limits import ConnectionLimits, LimitedConnectionHandler, fit_open_files
 from agent.store.database import StoreError, open_database, redact_url
 from agent.store.writer import UsageStore
 from ops_api.app import build_app
@@ -82,6 +84,7 @@ class Sidecar:
         )
         self.recorder.listeners.append(self.metrics.observe)
         self.access_log: AccessLog | None = None  # made at start: it runs a writing thread
+        self.limits = ConnectionLimits(render=render_error, submit=self.recorder.submit, refuse=refuse)
         self.auth_settings = AuthSettings.from_config(config)
         self.verifier: Verifier | None = None  # loaded in preflight when auth is on
         self.started_at = time.time()
@@ -156,14 +159,15 @@ class Sidecar:
         cfg = self.config
         opts = SidecarOptions()
         master = Master(opts)
-        # Auth right after the error pages and before Meter: it reads Authorization before anything
-        # strips it, and a flow it answers with 401 never goes upstream (Meter sees flow.response).
-        ours = (DialectErrors(), Auth(self.auth_settings, self.verifier), Meter(), self.recorder)
+        # Auth right after the error pages and the limits, before Meter: it reads Authorization
+        # before anything strips it, and a flow answered with 401 (or a refused head's 414/431)
+        # never goes upstream (Meter sees flow.response).
+        ours = (DialectErrors(), self.limits, Auth(self.auth_settings, self.verifier), Meter(), self.recorder)
         index = HookIndex(master)  # before any addon: the stock manager looks handlers up per event
         index.on_error = _when_ours_fails(ours)
         master.addons = index
-        if self._release_hooks is None:
-            self._release_hooks = use_inline_hooks()  # before the servers accept a connection
+        if self._release_hooks is None:  # before the servers accept a connection
+            self._release_hooks = use_connection_handler(LimitedConnectionHandler)
         lifecycle = _Lifecycle()
         # Only what a plain-HTTP reverse proxy needs: every loaded addon costs every hook.
         stock: list[object] = [core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer()]
@@ -179,6 +183,11 @@ class Sidecar:
             body_size_limit=str(parse_size(cfg.body_size_limit, "body_size_limit")),
             sidemeter_capture_prompts=cfg.capture_prompts,
             sidemeter_capture_prompts_chars=cfg.capture_prompts_chars,
+            sidemeter_header_timeout=cfg.header_timeout,
+            sidemeter_idle_timeout=cfg.idle_timeout,
+            sidemeter_max_connections=fit_open_files(cfg.max_connections),
+            sidemeter_max_request_line=cfg.max_request_line,
+            sidemeter_max_header_size=cfg.max_header_size,
         )
         self.master = master
         self._master_task = asyncio.create_task(master.run(), name="mitmproxy")

@@ -343,6 +343,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("body_size_limit", str, "32m", "proxy",
             "Largest request body accepted (k/m/g suffixes); larger gets 413.",
             checks=(size,)),
+    # -- limits: what one client connection and one request head may hold
+    Setting("header_timeout", float, 10.0, "limits",
+            "Seconds a client has to send a request's headers, counted from its connection (or from "
+            "the first byte of a later request on a keep-alive connection); then it is closed.",
+            checks=(positive,), metavar="S", mitmproxy=True),
+    Setting("idle_timeout", float, 90.0, "limits",
+            "Seconds a keep-alive connection may wait for its next request before it is closed "
+            "(a request or stream in progress is never cut by it).",
+            checks=(positive,), metavar="S", mitmproxy=True),
+    Setting("max_connections", int, 4096, "limits",
+            "Client connections open at once; one more gets a 503 and is closed. Each takes about "
+            "two open files: the soft RLIMIT_NOFILE is raised to fit, or the limit lowered with a warning.",
+            checks=(positive,), metavar="N", mitmproxy=True),
+    Setting("max_request_line", int, 16384, "limits",
+            "Longest request line (method, path, version) accepted, in bytes; longer gets 414.",
+            checks=(positive,), metavar="BYTES", mitmproxy=True),
+    Setting("max_header_size", int, 65536, "limits",
+            "Largest request head (request line and headers) accepted, in bytes; larger gets 431.",
+            checks=(positive,), metavar="BYTES", mitmproxy=True),
     Setting("data_dir", str, "data", "proxy",
             "Directory for spill files and the proxy's runtime state.",
             flag_for=(RUN,), metavar="DIR"),

@@ -37,6 +37,16 @@ AUTH_FAILURES = Counter(
 for _reason in REASONS:
     AUTH_FAILURES.labels(_reason)
 
+CONNECTIONS_CLOSED = Counter(
+    "sidemeter_client_connections_closed",
+    "Client connections the sidecar closed on its own, by reason: max_connections (turned away "
+    "with a 503), header_timeout, idle_timeout.",
+    ["reason"],
+    registry=REGISTRY,
+)
+for _reason in ("max_connections", "header_timeout", "idle_timeout"):
+    CONNECTIONS_CLOSED.labels(_reason)
+
 BUILD_INFO = Gauge(
     "sidemeter_build_info", "Always 1; the sidecar's version as a label.", ["version"], registry=REGISTRY
 )

@@ -404,6 +404,17 @@ def _connection_handler_holds() -> bool:
     )
 
 
+def _client_io_holds() -> bool:
+    live = inspect.getsource(server.LiveConnectionHandler.__init__)
+    reading = inspect.getsource(server.ConnectionHandler.handle_connection)
+    return (
+        "self.transports[client] = ConnectionIO(" in live
+        and inspect.iscoroutinefunction(server.ConnectionHandler.handle_client)
+        and "self.server_event(events.DataReceived(connection, data))" in reading
+        and "except asyncio.CancelledError" in reading
+    )
+
+
 REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement(
         "options-dict",
@@ -454,5 +465,14 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "each new connection, whose async `server_event` feeds events to `self.layer.handle_event`",
         _connection_handler_holds,
         "use_connection_handler (agent/proxy/dispatch.py's InlineHookHandler)",
+    ),
+    Requirement(
+        "connection-handler-client-io",
+        "a connection handler holds the client's reader and writer in `transports[client]` from its "
+        "construction, before the async `handle_client` runs; every read from a connection reaches "
+        "`server_event` as `events.DataReceived(connection, data)`; cancelling the reading task "
+        "closes the connection",
+        _client_io_holds,
+        "use_connection_handler (agent/proxy/limits.py's LimitedConnectionHandler)",
     ),
 )

@@ -19,7 +19,8 @@ from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
 from mitmproxy.proxy.server_hooks import ClientConnectedHook
 from mitmproxy.test import tflow
 
-from agent.proxy.dispatch import HookIndex, InlineHookHandler, SidecarOptions, coalesce_writes
+from agent.proxy.dispatch import HookIndex, SidecarOptions, coalesce_writes
+from agent.proxy.limits import LimitedConnectionHandler
 from agent.sim import SimulatedLLM
 from tests.support.sidecar import RunningSidecar
 
@@ -260,11 +261,11 @@ async def test_the_stock_handler_is_back_once_the_sidecar_stops(
     stock = mode_servers.ProxyConnectionHandler
     first = await start_sidecar(sim_openai.url)
     second = await start_sidecar(sim_openai.url)
-    assert mode_servers.ProxyConnectionHandler is InlineHookHandler
+    assert mode_servers.ProxyConnectionHandler is LimitedConnectionHandler
     await first.sidecar.stop()
-    assert mode_servers.ProxyConnectionHandler is InlineHookHandler  # the second still runs
+    assert mode_servers.ProxyConnectionHandler is LimitedConnectionHandler  # the second still runs
     await second.sidecar.stop()
-    assert mode_servers.ProxyConnectionHandler is stock is not InlineHookHandler
+    assert mode_servers.ProxyConnectionHandler is stock is not LimitedConnectionHandler
 
 
 # -- writes coalesced -----------------------------------------------------------------------

@@ -19,12 +19,18 @@ from agent import cli, settings
 from agent import config as configmod
 from agent.auth.settings import AuthSettings
 from agent.config import Config
+from agent.proxy.limits import ConnectionLimits
 from agent.settings import BY_NAME, CONFIG_SETTINGS, SETTINGS
 from tests.support.paths import ROOT
 
 # The user-visible names as they were before the table: none may change.
 MITMPROXY_OPTIONS = {
     "sidemeter_auth",
+    "sidemeter_header_timeout",
+    "sidemeter_idle_timeout",
+    "sidemeter_max_connections",
+    "sidemeter_max_request_line",
+    "sidemeter_max_header_size",
     "sidemeter_journal",
     "sidemeter_jwt_secret",
     "sidemeter_jwt_secret_file",
@@ -86,6 +92,7 @@ CONFIG_KEYS = {
     "capture_prompts_chars",
     *("body_size_limit", "data_dir", "log_level", "log_format", "access_log"),
     "jwt_max_lifetime",
+    *("header_timeout", "idle_timeout", "max_connections", "max_request_line", "max_header_size"),
     *("metrics_max_teams", "metrics_max_models", "metrics_user_label", "metrics_max_users"),
 }
 
@@ -162,8 +169,8 @@ def test_flags_override_the_file_only_when_given(tmp_path: Path, monkeypatch: py
 
 def test_addons_declare_the_options_and_read_them_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIDEMETER_JWT_SECRET", "s" * 32)
-    auth, meter, recorder = Auth(), Meter(), Recorder()
-    with taddons.context(auth, meter, recorder) as tctx:
+    auth, meter, recorder, limits = Auth(), Meter(), Recorder(), ConnectionLimits()
+    with taddons.context(auth, meter, recorder, limits) as tctx:
         options = tctx.options
         declared = {n for n in options.keys() if n.startswith("sidemeter_")}  # noqa: SIM118 (not iterable)
         assert declared == MITMPROXY_OPTIONS
@@ -182,6 +189,8 @@ def test_addons_declare_the_options_and_read_them_back(monkeypatch: pytest.Monke
         assert auth.settings.jwt_secret == "s" * 32  # from the environment, off the command line
         tctx.configure(meter, sidemeter_inject_usage=False, sidemeter_capture_prompts="full")
         assert (meter.inject_usage, meter.capture_prompts) == (False, "full")
+        tctx.configure(limits, sidemeter_header_timeout=2.5, sidemeter_max_connections=7)
+        assert (limits.header_timeout, limits.max_connections, limits.idle_timeout) == (2.5, 7, 90.0)
 
 
 def test_config_init_writes_every_key_with_its_help_variable_and_default(tmp_path: Path) -> None:
