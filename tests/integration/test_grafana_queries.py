@@ -45,7 +45,11 @@ PROVISIONING = ROOT / "grafana" / "provisioning"
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
 OPS_PANEL = "sidemeter-ops-panel"
 BUILTIN_VARIABLES = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
-SERVER_METRICS = {"vllm": "vllm:", "llamacpp": "llamacpp:"}  # flavor -> its metrics' prefix
+# flavor -> the server's own input and output token counters
+SERVER_TOKENS = {
+    "vllm": ("vllm:prompt_tokens_total", "vllm:generation_tokens_total"),
+    "llamacpp": ("llamacpp:prompt_tokens_total", "llamacpp:tokens_predicted_total"),
+}
 SECRET = "grafana-queries-test-secret-that-is-long-enough"
 TEAMS_MODELS = (("quant", "sim-model"), ("finetune", "qwen2.5-coder"), ("eval", "sim-model"))
 _VARIABLE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\$(\w+)")
@@ -195,14 +199,8 @@ def test_overview_embeds_the_ops_panel_and_the_server_row() -> None:
     (row,) = [p for p in dash["panels"] if p["type"] == "row" and p["title"] == "Server vs sidecar"]
     assert row["collapsed"] and row["panels"]
     exprs = " ".join(t["expr"] for p in row["panels"] for t in p["targets"])
-    for metric in (
-        "vllm:prompt_tokens_total",
-        "vllm:generation_tokens_total",
-        "llamacpp:prompt_tokens_total",
-        "llamacpp:tokens_predicted_total",
-        "sidemeter_tokens_total",
-    ):
-        assert metric in exprs
+    for metric in (*itertools.chain(*SERVER_TOKENS.values()), "sidemeter_tokens_total"):
+        assert metric in exprs, metric
 
 
 def test_provisioning_matches_the_dashboards_and_the_readme() -> None:
@@ -320,7 +318,7 @@ async def _resolve(prom: RunningPrometheus, var: dict[str, Any], values: dict[st
 
 
 @needs_prometheus
-@pytest.mark.parametrize("flavor", sorted(SERVER_METRICS))
+@pytest.mark.parametrize("flavor", sorted(SERVER_TOKENS))
 async def test_every_query_returns_data_from_a_live_sidecar(
     flavor: str, start_sidecar: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -352,12 +350,12 @@ async def _check_dashboard(prom: RunningPrometheus, dash: dict[str, Any], flavor
             )
             assert value in got, f"{var['name']} = {var['query']['query']} under {values} resolves to {got}"
 
-    others = [prefix for name, prefix in SERVER_METRICS.items() if name != flavor]
+    others = [metric for name, metrics in SERVER_TOKENS.items() if name != flavor for metric in metrics]
     failures = []
     for values in (every, chosen):
         for title, expr in expressions(dash):
             query = substitute(expr, values)
-            if any(prefix in expr for prefix in others):
+            if any(metric in expr for metric in others):
                 await prom.query(query)  # this run scrapes no such server: it need only parse
                 continue
             # prom.query fails the test at once if the expression does not parse
@@ -384,3 +382,49 @@ async def _check_alert_rules(prom: RunningPrometheus) -> None:
     assert all(r["health"] == "ok" for r in loaded.values()), {
         n: r.get("lastError") for n, r in loaded.items()
     }
+
+
+@needs_prometheus
+@pytest.mark.parametrize("flavor", sorted(SERVER_TOKENS))
+async def test_server_and_sidecar_count_the_same_tokens(
+    flavor: str, start_sidecar: Callable[..., Any], tmp_path: Path
+) -> None:
+    """What the "Server vs sidecar" row compares agrees when every request completes (cut and
+    failed ones differ on purpose: the server counts nothing, the sidecar estimates)."""
+    sim = SimulatedLLM("openai", flavor=flavor)
+    await sim.start()
+    try:
+        side: RunningSidecar = await start_sidecar(sim.url)
+        ids = []
+        async with httpx.AsyncClient(base_url=side.url, timeout=30) as client:
+            for n, stream in ((3, True), (7, False), (4, True)):
+                rid = str(uuid.uuid4())
+                ids.append(rid)
+                body = {
+                    "model": "sim-model",
+                    "messages": [{"role": "user", "content": f"say {n}"}],
+                    "stream": stream,
+                }
+                headers = {"X-Request-ID": rid, "X-Sim-Tokens": str(n)}
+                assert (
+                    await client.post("/v1/chat/completions", json=body, headers=headers)
+                ).status_code == 200
+        records = [await side.record(rid) for rid in ids]
+        expected = {
+            "input": float(sum(r.prompt_tokens or 0 for r in records)),
+            "output": float(sum(r.completion_tokens or 0 for r in records)),
+        }
+        assert expected["output"] == 14 and expected["input"] > 0
+        server = dict(zip(("input", "output"), SERVER_TOKENS[flavor], strict=True))
+        config = prometheus_config(
+            f"127.0.0.1:{side.sidecar.ops_port}", extra_jobs={"llm-server": sim.url.removeprefix("http://")}
+        )
+        async with running_prometheus(config, tmp_path) as prom:
+            for kind, total in expected.items():
+                for expr in (f"sum({server[kind]})", f'sum(sidemeter_tokens_total{{type="{kind}"}})'):
+                    got = await _eventually(
+                        prom, functools.partial(prom.query, expr), lambda r, t=total: _finite(r) == [t]
+                    )
+                    assert _finite(got) == [total], f"{expr} = {got}, the records say {total}"
+    finally:
+        await sim.stop()
