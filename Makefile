@@ -25,12 +25,12 @@ $(VENV)/.installed-test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/sidemeter demo
 
-# tests/integration/test_prometheus.py starts Debian's prometheus (2.42): installed here when missing
-# and running as root, otherwise that test skips and says why.
+# tests/integration/test_prometheus.py and test_grafana_queries.py start Debian's prometheus (2.42) and
+# run its promtool: installed here when missing and running as root, otherwise those tests skip and say why.
 prometheus:
 	@if ! command -v prometheus >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus \
-		|| echo "*** WARNING: could not install prometheus: tests/integration/test_prometheus.py will be skipped ***"; \
+		|| echo "*** WARNING: could not install prometheus: tests/integration/test_prometheus.py and test_grafana_queries.py will be skipped ***"; \
 	fi
 
 test: $(VENV)/.installed-test prometheus
