@@ -258,8 +258,9 @@ async def _traffic(side: RunningSidecar, stop: asyncio.Event) -> int:
                 assert await send(model, token, stream=True, fault="error-500") == 500
                 assert await send(model, token, stream=False, fault="error-429") == 429
                 await send(model, token, stream=True, fault="cut")
-            assert await send("sim-model", None, stream=False) == 401
-            assert await send("sim-model", issue_token(wrong, "intruder"), stream=False) == 401
+            for _ in range(5):  # a burst: rate()[5m] over the few seconds this runs must pass 0.1/s
+                assert await send("sim-model", None, stream=False) == 401
+                assert await send("sim-model", issue_token(wrong, "intruder"), stream=False) == 401
             rounds += 1
             await asyncio.sleep(0.2)  # the traffic's pace: a few requests a second, not a load test
     return rounds
@@ -365,23 +366,49 @@ async def _check_dashboard(prom: RunningPrometheus, dash: dict[str, Any], flavor
     assert not failures, "panels that would show no data:\n" + "\n".join(failures)
 
 
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: what is left once strings, label matchers,
+    ranges, grouping clauses, function calls and keywords are taken out."""
+    expr = re.sub(r'"[^"]*"|\{[^}]*\}|\[[^\]]*\]', " ", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", " ", expr)
+    words = set(re.findall(r"(?<![\w:.])[A-Za-z_:][\w:]*(?![\w:]|\s*\()", expr))
+    return words - {"and", "or", "unless", "offset", "bool", "group_left", "group_right"}
+
+
 async def _check_alert_rules(prom: RunningPrometheus) -> None:
     rules = alert_rules()
+    # Every metric a rule reads is one the live sidecar exports (promtool's tests feed the rules
+    # series named in the test file, so a misspelt metric would pass them), and every expression
+    # parses and evaluates on this Prometheus.
+    exported = set(await prom.api("/api/v1/label/__name__/values"))
     for rule in rules:
-        await prom.query(rule["expr"])  # parses and evaluates, on this Prometheus
-    # Prometheus loaded the same file through prometheus.yml and evaluates every rule without error.
-    deadline = time.monotonic() + 30
-    loaded: dict[str, dict[str, Any]] = {}
-    while time.monotonic() < deadline:
+        assert metric_names(rule["expr"]) <= exported, (rule["alert"], metric_names(rule["expr"]) - exported)
+        await prom.query(rule["expr"])
+    # Prometheus loaded the same file through prometheus.yml, evaluates every rule without error,
+    # and the traffic's failures (over half of it) and refused tokens (several a second) set off
+    # the two rules they should: pending, as their `for` has not passed yet.
+    triggered = {"SidemeterErrorRateHigh", "SidemeterAuthFailureBurst"}
+
+    def settled(loaded: dict[str, dict[str, Any]]) -> bool:
+        active = {name for name, r in loaded.items() if r["state"] != "inactive"}
+        return (
+            len(loaded) == len(rules)
+            and all(r["health"] == "ok" for r in loaded.values())
+            and active == triggered
+        )
+
+    async def fetch() -> dict[str, dict[str, Any]]:
         groups = (await prom.api("/api/v1/rules"))["groups"]
-        loaded = {r["name"]: r for g in groups for r in g["rules"]}
-        if len(loaded) == len(rules) and all(r["health"] == "ok" for r in loaded.values()):
-            break
-        await asyncio.sleep(0.25)  # a poll interval, bounded by the deadline
+        return {r["name"]: r for g in groups for r in g["rules"]}
+
+    loaded = await _eventually(prom, fetch, settled)
     assert sorted(loaded) == sorted(r["alert"] for r in rules)
     assert all(r["health"] == "ok" for r in loaded.values()), {
         n: r.get("lastError") for n, r in loaded.items()
     }
+    assert {n: r["state"] for n, r in loaded.items() if r["state"] != "inactive"} == dict.fromkeys(
+        sorted(triggered), "pending"
+    )
 
 
 @needs_prometheus
