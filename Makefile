@@ -61,12 +61,12 @@ down:  ## stop the compose stack
 logs: $(VENV)/.installed  ## follow the compose stack's logs; without Docker, the demo's records
 	@$(if $(COMPOSE),$(COMPOSE) -f configs/compose.yaml logs -f,$(BIN)/sidemeter requests --follow --db sqlite:///data/demo.db)
 
-# tests/integration/test_prometheus.py starts Debian's prometheus (2.42): installed here when missing
-# and running as root, otherwise that test skips and says why.
+# tests/integration/test_prometheus.py and test_grafana_queries.py start Debian's prometheus (2.42) and
+# run its promtool: installed here when missing and running as root, otherwise those tests skip and say why.
 prometheus:
 	@if ! command -v prometheus >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus \
-		|| echo "*** WARNING: could not install prometheus: tests/integration/test_prometheus.py will be skipped ***"; \
+		|| echo "*** WARNING: could not install prometheus: tests/integration/test_prometheus.py and test_grafana_queries.py will be skipped ***"; \
 	fi
 
 # tests/integration/test_postgres.py starts a throwaway server from Debian's postgresql: installed here
