@@ -30,7 +30,8 @@ pytestmark = pytest.mark.timeout(180)
 SECRET = "soak-test-secret-of-at-least-32-bytes!"
 USER, TEAM = "soak-user", "soak-team"
 MODEL = "sim-model"
-MESSAGES = [{"role": "user", "content": "Tell me about the sea."}]
+PROMPT = "Tell me about the sea."
+MESSAGES = [{"role": "user", "content": PROMPT}]
 TOKENS = 8  # X-Sim-Tokens of every request that is answered whole
 GRACE_S = 2
 
@@ -46,6 +47,7 @@ class Sent:
     usage: tuple[int, int] | None = None  # (prompt, completion) tokens the client was shown
     pieces: int = 0  # content pieces the client received
     tokens: int = TOKENS  # X-Sim-Tokens: what the simulated server generates
+    shown_usage: bool = True  # False: an OpenAI stream whose client did not ask for usage
     notes: list[str] = field(default_factory=list)
 
 
@@ -92,6 +94,7 @@ class Traffic:
 
     async def openai_stream(self, include_usage: bool = False, tokens: int = TOKENS) -> Sent:
         s = self._new("openai_stream_usage" if include_usage else "openai_stream", "ok", tokens)
+        s.shown_usage = include_usage
         extra: dict[str, Any] = {"stream_options": {"include_usage": True}} if include_usage else {}
         async with self._openai() as client:
             stream = await client.chat.completions.create(
@@ -112,11 +115,51 @@ class Traffic:
                             s.pieces += 1
                         finished = finished or choice.finish_reason is not None
             except (httpx.HTTPError, openai.APIError) as exc:
-                s.outcome, finished = "cut", False  # by the shutdown; see shutdown_streams
+                s.outcome, finished = "cut", False  # by the SIGTERM in step 3
                 s.notes.append(repr(exc))
             if not finished and s.outcome == "ok":
                 s.outcome = "cut"
         return s
+
+    async def openai_completion(self) -> None:
+        s = self._new("openai_completion", "ok")
+        async with self._openai() as client:
+            resp = await client.completions.with_raw_response.create(
+                model=MODEL, prompt=PROMPT, extra_headers=self._headers(s.request_id)
+            )
+        s.status = resp.status_code
+        usage = resp.parse().usage
+        assert usage is not None
+        s.usage = (usage.prompt_tokens, usage.completion_tokens)
+
+    async def openai_completion_stream(self) -> None:
+        """Ollama's /v1/completions puts an all-zero usage on every chunk once the sidecar asks
+        for usage: the client, which did not, must see none of it."""
+        s = self._new("openai_completion_stream", "ok")
+        s.shown_usage = False
+        async with self._openai() as client:
+            stream = await client.completions.create(
+                model=MODEL, prompt=PROMPT, stream=True, extra_headers=self._headers(s.request_id)
+            )
+            s.status = stream.response.status_code
+            finished = False
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    s.usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                for choice in chunk.choices:
+                    s.pieces += 1 if choice.text else 0
+                    finished = finished or choice.finish_reason is not None
+            assert finished
+
+    async def ollama_generate_stream(self) -> None:
+        s = self._new("ollama_generate_stream", "ok")
+        async with self._ollama(self._headers(s.request_id)) as client:
+            async for part in await client.generate(model=MODEL, prompt=PROMPT, stream=True):
+                s.status = 200
+                s.pieces += 1 if part.response else 0
+                if part.done:
+                    s.usage = (part.prompt_eval_count or 0, part.eval_count or 0)
+            assert s.usage is not None
 
     async def ollama_chat(self) -> None:
         s = self._new("ollama_chat", "ok")
@@ -237,8 +280,11 @@ MIX = (
     "openai_chat",
     "openai_stream",
     "openai_stream_usage",
+    "openai_completion",
+    "openai_completion_stream",
     "ollama_chat",
     "ollama_stream",
+    "ollama_generate_stream",
     "openai_500",
     "ollama_500",
     "openai_cut_stream",
@@ -379,9 +425,12 @@ async def test_soak_one_correct_record_per_request(tmp_path: Path, processes: li
     )
     assert all(len(v) == 1 for v in by_id.values()), "a request was recorded twice"
 
-    # The prompt count the OpenAI clients were shown: one prompt, one count.
-    openai_prompt = {s.usage[0] for s in sent.values() if s.usage and s.kind.startswith("openai")}
-    assert len(openai_prompt) == 1, openai_prompt
+    # The prompt counts the clients were shown, per endpoint: one prompt, one count.
+    shown_prompt: dict[str, set[int]] = {}
+    for rid, s in sent.items():
+        if s.usage is not None:
+            shown_prompt.setdefault(by_id[rid][0]["endpoint"], set()).add(s.usage[0])
+    assert all(len(v) == 1 for v in shown_prompt.values()), shown_prompt
     known_mismatches: list[str] = []
     for rid, s in sent.items():
         rec = by_id[rid][0]
@@ -400,10 +449,13 @@ async def test_soak_one_correct_record_per_request(tmp_path: Path, processes: li
         if rec["outcome"] == "ok":
             assert rec["usage_source"] == "reported", where
             assert rec["completion_tokens"] == s.tokens, where
-            if s.usage is not None:
-                assert (rec["prompt_tokens"], rec["completion_tokens"]) == s.usage, where
-            else:  # an OpenAI stream without include_usage: the sidecar asked on its behalf
-                assert {rec["prompt_tokens"]} == openai_prompt, where
+            if s.shown_usage:
+                assert s.usage is not None and (rec["prompt_tokens"], rec["completion_tokens"]) == s.usage, (
+                    where
+                )
+            else:  # the sidecar asked for usage on the client's behalf, and kept it from the client
+                assert s.usage is None, f"the client was shown usage it did not ask for: {where}"
+                assert {rec["prompt_tokens"]} == shown_prompt[rec["endpoint"]], where
             assert rec["total_tokens"] == rec["prompt_tokens"] + rec["completion_tokens"], where
         elif s.pieces:  # cut or cancelled mid-stream: estimated from what was streamed
             assert rec["usage_source"] == "estimated", where
