@@ -115,10 +115,10 @@ class Traffic:
                             s.pieces += 1
                         finished = finished or choice.finish_reason is not None
             except (httpx.HTTPError, openai.APIError) as exc:
-                s.outcome, finished = "cut", False  # by the SIGTERM in step 3
+                s.outcome, finished = "proxy_error", False  # cut by the SIGTERM in step 3
                 s.notes.append(repr(exc))
             if not finished and s.outcome == "ok":
-                s.outcome = "cut"
+                s.outcome = "proxy_error"
         return s
 
     async def openai_completion(self) -> None:
@@ -183,7 +183,7 @@ class Traffic:
             except (httpx.HTTPError, ollama.ResponseError) as exc:
                 s.notes.append(repr(exc))
             if not done:
-                s.outcome = "cut"
+                s.outcome = "proxy_error"  # cut by the SIGTERM in step 3
         return s
 
     # -- upstream errors and cuts
@@ -408,7 +408,7 @@ async def test_soak_one_correct_record_per_request(tmp_path: Path, processes: li
 
     assert code == 0, side.stderr
     assert "Traceback" not in side.stderr, side.stderr
-    assert [s.outcome for s in streams[:4]] == ["cut"] * 4, [s.notes for s in streams]
+    assert [s.outcome for s in streams[:4]] == ["proxy_error"] * 4, [s.notes for s in streams]
     assert [s.outcome for s in streams[4:]] == ["ok"] * 2, [s.notes for s in streams]
     last = side.stderr_lines[-1]
     assert "stopped:" in last and "0 spilled" in last and "0 lost" in last, side.stderr
@@ -435,11 +435,10 @@ async def test_soak_one_correct_record_per_request(tmp_path: Path, processes: li
     for rid, s in sent.items():
         rec = by_id[rid][0]
         where = f"{s.kind} {rid}: {rec}"
-        expected = "proxy_error" if s.outcome == "cut" else s.outcome
-        assert rec["outcome"] == expected, where
+        assert rec["outcome"] == s.outcome, where
         if s.outcome != "rejected":
             assert (rec["user"], rec["team"]) == (USER, TEAM), where
-        if s.outcome == "cut":
+        if s.outcome == "proxy_error":
             assert rec["error"] and "shutdown" in rec["error"], where
         if s.status is not None and rec["status"] != s.status:
             if s.kind == "cut_body":  # the client got 502; the record says 200
