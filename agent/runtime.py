@@ -299,11 +299,12 @@ class Sidecar:
         log.log(logging.ERROR if self.store.lost_total else logging.INFO, "%s", self.summary())
 
     def summary(self) -> str:
-        """The stop's last line: where every record of this run went."""
+        """The stop's last line: where every record of this run went. A record spilled while
+        the database failed and re-ingested once it recovered counts as written only."""
         store = self.store
         text = (
-            f"stopped: {store.written_total} record(s) written, {store.spilled_total} spilled to "
-            f"{store.spill_dir}, {store.lost_total} lost"
+            f"stopped: {store.written_total} record(s) written, {store.spill_waiting()} spilled to "
+            f"{store.spill_dir} for the next start, {store.lost_total} lost"
         )
         if store.lost_total:
             text += " (printed to stderr as JSON lines: see Durability in the README to re-ingest them)"

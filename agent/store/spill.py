@@ -165,6 +165,18 @@ class SpillFiles:
             self.spilled_total += len(records)
             self.pending = True
 
+    def waiting(self) -> int:
+        """Records in the directory's spill files now: what the next start re-ingests (records
+        spilled and re-ingested since are not among them). Reads the files: for the stop only."""
+        n = 0
+        for path in self.directory.glob(SPILL_PREFIX + "*"):
+            try:
+                with open(path, "rb") as fh:
+                    n += sum(block.count(b"\n") for block in iter(lambda fh=fh: fh.read(1 << 20), b""))
+            except OSError:
+                continue
+        return n
+
     def reject(self, lines: list[str]) -> None:
         """Keep what can never be stored for a human to inspect; never re-ingested."""
         if not lines:

@@ -153,6 +153,10 @@ class UsageStore:
         """Records written to spill files so far (they are re-ingested later)."""
         return self._spill.spilled_total
 
+    def spill_waiting(self) -> int:
+        """Records now in spill files, waiting for the next start (`SpillFiles.waiting`)."""
+        return self._spill.waiting()
+
     @property
     def healthy(self) -> bool:
         thread = self._thread

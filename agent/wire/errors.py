@@ -32,4 +32,7 @@ def error_body(dialect: str, status: int, message: str, err_type: str = "upstrea
         doc: dict[str, Any] = {"error": message}
     else:
         doc = {"error": {"message": message, "type": err_type, "param": None, "code": status}}
-    return json.dumps(doc, ensure_ascii=False).encode()
+    try:
+        return json.dumps(doc, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate read from an upstream's "\ud800": keep it escaped
+        return json.dumps(doc).encode()

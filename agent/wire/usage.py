@@ -15,6 +15,7 @@ from agent.records import Operation
 from agent.wire.request import RequestInfo
 
 __all__ = [
+    "MAX_COUNT",
     "Usage",
     "add_usage",
     "estimate_usage",
@@ -41,17 +42,38 @@ class Usage:
     server_duration_ms: float | None = None
 
 
+# The largest count read as one: JSON's exact integer range. A negative or larger "count"
+# (-5, 1e300) is no count at all, and would not fit a database's 64-bit integer column.
+MAX_COUNT = 2**53 - 1
+
+
 def json_int(v: Any) -> int | None:
-    """A JSON count: an int, or a float with an integer value; never a bool."""
+    """A JSON count: an int, or a float with an integer value, in 0..MAX_COUNT; never a bool."""
     if type(v) is int:  # not bool
-        return v
-    if isinstance(v, float) and v.is_integer():
+        return v if 0 <= v <= MAX_COUNT else None
+    if isinstance(v, float) and v.is_integer() and 0 <= v <= MAX_COUNT:
         return int(v)
     return None
 
 
 def json_number(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+    """A JSON duration: a finite number >= 0 (not NaN, Infinity, 1e400 or a bool)."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        try:
+            f = float(v)
+        except OverflowError:  # an int beyond float range
+            return None
+        if 0 <= f < math.inf:  # False for NaN
+            return f
+    return None
+
+
+def count_sum(a: int | None, b: int | None) -> int | None:
+    """Two counts added; None when both are, or when the sum is past MAX_COUNT."""
+    if a is None and b is None:
+        return None
+    total = (a or 0) + (b or 0)
+    return total if total <= MAX_COUNT else None
 
 
 def _detail(u: dict[str, Any], keys: tuple[str, str], field: str) -> int | None:
@@ -76,7 +98,7 @@ def openai_usage(u: dict[str, Any], embedding: bool) -> Usage:
         completion = 0  # embeddings report prompt and total only
     total = json_int(u.get("total_tokens"))
     if total is None and prompt is not None and completion is not None:
-        total = prompt + completion
+        total = count_sum(prompt, completion)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
@@ -96,7 +118,7 @@ def ollama_usage(d: dict[str, Any]) -> Usage:
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=prompt + completion,
+        total_tokens=count_sum(prompt, completion),
         server_duration_ms=total_ns / 1e6 if total_ns is not None else None,
     )
 
@@ -113,7 +135,7 @@ def llamacpp_usage(d: dict[str, Any]) -> Usage | None:
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=(prompt or 0) + (completion or 0),
+        total_tokens=count_sum(prompt, completion),
         cached_tokens=json_int(timings.get("cache_n")) if isinstance(timings, dict) else None,
         server_duration_ms=timings_ms(timings),
     )
@@ -124,10 +146,7 @@ def add_usage(a: Usage | None, b: Usage) -> Usage:
     result each); their server times overlap, so the longer one stands for both."""
     if a is None:
         return b
-
-    def plus(x: int | None, y: int | None) -> int | None:
-        return None if x is None and y is None else (x or 0) + (y or 0)
-
+    plus = count_sum
     ms = [m for m in (a.server_duration_ms, b.server_duration_ms) if m is not None]
     return Usage(
         prompt_tokens=plus(a.prompt_tokens, b.prompt_tokens),
@@ -146,7 +165,8 @@ def timings_ms(t: Any) -> float | None:
     p, g = json_number(t.get("prompt_ms")), json_number(t.get("predicted_ms"))
     if p is None and g is None:
         return None
-    return (p or 0.0) + (g or 0.0)
+    ms = (p or 0.0) + (g or 0.0)
+    return ms if ms < math.inf else None  # 1e308 + 1e308
 
 
 def estimate_usage(info: RequestInfo, output_chars: int, content_events: int) -> Usage:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from agent.sim import SimulatedLLM
-from tests.integration.test_durability import SidemeterProcess
+from tests.support.process import SidemeterProcess
 
 
 async def _send(url: str, n: int) -> list[str]:

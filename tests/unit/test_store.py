@@ -319,6 +319,7 @@ def test_failing_batches_are_retried_spilled_and_recovered(db_path: Path) -> Non
         assert not s.healthy
         assert s.last_error is not None and "locked" in s.last_error
         assert spill_files(db_path.parent)
+        assert s.spill_waiting() == 3
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
@@ -326,6 +327,8 @@ def test_failing_batches_are_retried_spilled_and_recovered(db_path: Path) -> Non
     assert s.healthy
     assert sorted(stored_ids(db_path)) == ["r0", "r1", "r2"]
     assert spill_files(db_path.parent) == []
+    # What the stop line reports: nothing waits any more, though 3 were spilled on the way.
+    assert (s.spilled_total, s.spill_waiting()) == (3, 0)
     s.close()
 
 
