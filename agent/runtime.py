@@ -36,6 +36,8 @@ from agent.config import Config, ConfigError, parse_size
 from agent.proxy.dispatch import HandlerError, HookIndex, SidecarOptions, use_inline_hooks
 from agent.store.database import StoreError, open_database, redact_url
 from agent.store.writer import UsageStore
+from agent.teamhealth import TeamHealth
+from agent.upstream import UpstreamProber
 from ops_api.app import build_app
 
 log = logging.getLogger("sidemeter")
@@ -80,6 +82,14 @@ class Sidecar:
             store=self.store,
         )
         self.recorder.listeners.append(self.metrics.observe)
+        self.team_health = TeamHealth(max_teams=config.metrics_max_teams)
+        self.recorder.listeners.append(self.team_health.observe)
+        self.upstream = UpstreamProber(
+            config.upstream,
+            interval=config.probe_interval,
+            timeout=config.probe_timeout,
+            api_key=config.upstream_api_key,
+        )
         self.auth_settings = AuthSettings.from_config(config)
         self.verifier: Verifier | None = None  # loaded in preflight when auth is on
         self.started_at = time.time()
@@ -128,6 +138,7 @@ class Sidecar:
             if self.verifier is not None:
                 await self.verifier.start()  # warm the JWKS cache; an IdP that is down is only logged
             metrics.activate(self.metrics)  # /metrics shows this sidecar's series
+            await self.upstream.start()  # after activate: a probe names the provider of the series
             await self._start_proxy()
             await self._start_ops()
         except BaseException:
@@ -273,6 +284,7 @@ class Sidecar:
         if self._ops_runner is not None:
             await self._ops_runner.cleanup()
             self._ops_runner = None
+        await self.upstream.stop()
         if self.verifier is not None:
             await self.verifier.aclose()
         await asyncio.to_thread(self.store.close)
