@@ -208,7 +208,8 @@ class UpstreamProber:
             if found is not None:
                 return found
         # The server answers HTTP but none of the known endpoints: reachable, kind unknown.
-        return _Found(UNKNOWN, errors=[answered] if answered else [])
+        tried = "/api/version, /version, /props, /v1/models"
+        return _Found(UNKNOWN, errors=[f"no known LLM server API answered ({tried}): {answered}"])
 
     async def get(self, path: str, first: list[float]) -> tuple[int, Any]:
         """GET `path`: (status, parsed JSON or None). ProbeFailed(reached=False) when no HTTP
