@@ -13,13 +13,14 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from agent.sim import SimulatedLLM
+from tests.support.files import db_files, immutable
 from tests.support.paths import ROOT
 
 CLI = [sys.executable, "-m", "agent.cli"]
@@ -111,25 +112,6 @@ def _content_delta(sse_line: str) -> str | None:
         return None
     choices = json.loads(sse_line[6:]).get("choices") or [{}]
     return choices[0].get("delta", {}).get("content") or None
-
-
-@contextlib.contextmanager
-def immutable(paths: Sequence[Path]) -> Iterator[None]:
-    """The files made unwritable for real (`chattr +i`: root cannot write them either, and
-    SQLite opens the database read-only); skips where the filesystem or the user cannot."""
-    present = [str(p) for p in paths if p.exists()]
-    res = subprocess.run(["chattr", "+i", *present], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"chattr +i is not available here: {res.stderr.strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", *present], check=True)
-
-
-def db_files(db_path: Path) -> list[Path]:
-    """The SQLite database and its write-ahead log (not -shm: an immutable mapping is SIGBUS)."""
-    return [db_path, db_path.with_name(db_path.name + "-wal")]
 
 
 async def load_until_killed(url: str, answered_before_kill: int, kill: subprocess.Popen[str]) -> set[str]:

@@ -5,12 +5,15 @@ an upstream that goes away and comes back."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 
 from agent.sim import SimulatedLLM
+from tests.support.files import db_files, immutable
 from tests.support.ops import SECRET, generate, nearest_rank_p95, poll, simulated, token
 from tests.support.sidecar import RunningSidecar
 
@@ -164,3 +167,52 @@ async def test_an_upstream_that_is_down_at_start_is_reported(start_sidecar: Any)
     assert health.status_code == 503 and health.json()["upstream"]["reachable"] is False
     assert health.json()["upstream"]["last_checked"] is not None
     assert ready.status_code == 503
+
+
+async def test_a_store_that_cannot_write_makes_health_down(
+    sim_openai: SimulatedLLM, start_sidecar: Any, tmp_path: Path
+) -> None:
+    db_path = tmp_path / "usage.db"
+    side: RunningSidecar = await start_sidecar(sim_openai.url)
+    async with httpx.AsyncClient(timeout=30) as http:
+        await generate(http, side.url, "openai", None)
+        assert await asyncio.to_thread(side.sidecar.store.flush, 10)  # the WAL exists now
+        with immutable(db_files(db_path)):
+            await generate(http, side.url, "openai", None)
+            down = await _wait_health(http, side, 503)
+        body = down.json()
+        assert body["status"] == "down" and body["store"]["writing"] is False
+        assert body["store"]["last_error"] and "failed" in body["store"]["last_error"]
+        assert any(r.startswith("usage store is not writing") for r in body["reasons"])
+        # Writable again: the record is stored (by a retry, or from its spill file) and health is back.
+        assert await asyncio.to_thread(side.sidecar.store.flush, 30)
+        ok = await _wait_health(http, side, 200)
+        assert ok.json()["store"]["writing"] is True
+
+
+async def test_an_upstream_that_accepts_but_never_answers_is_unreachable(start_sidecar: Any) -> None:
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", hang)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        side: RunningSidecar = await start_sidecar(url, probe_timeout=0.2)
+        async with httpx.AsyncClient() as http:
+            res = await http.get(side.ops_url + "/ops/health")
+        assert res.status_code == 503
+        upstream = res.json()["upstream"]
+        assert (
+            upstream["reachable"] is False
+            and upstream["last_error"] == "GET /api/version: no answer within 0.2s"
+        )
+    finally:
+        release.set()
+        await runner.cleanup()
