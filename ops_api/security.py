@@ -22,8 +22,11 @@ from agent.auth.verify import Identity, Verifier, claim_roles
 from ops_api.errors import Handler, json_error
 from ops_api.openapi import error_responses
 
-OPEN_PATHS: Final = frozenset({"/ops/health", "/ops/openapi.json"})
+# Everything else needs the ops role (with auth on): a path no route serves answers 401, not
+# 404, to a caller without a token, and a spelling such as `//ops/services` cannot slip by.
+OPEN_PATHS: Final = frozenset({"/ops/health", "/ops/openapi.json", "/healthz", "/readyz", "/metrics"})
 SCHEME: Final = "bearerAuth"  # the OpenAPI security scheme of the protected operations
+# The verified caller, for handlers that act on its behalf (e.g. attributing a test request).
 IDENTITY = web.RequestKey("ops_identity", Identity) if hasattr(web, "RequestKey") else "ops_identity"
 
 ALLOW_METHODS: Final = "GET, POST, OPTIONS"
@@ -34,7 +37,7 @@ MAX_AGE: Final = "600"
 
 def protected(path: str) -> bool:
     """Whether `path` needs the ops role when auth is on."""
-    return path.startswith("/ops/") and path not in OPEN_PATHS
+    return path not in OPEN_PATHS
 
 
 def ops_auth(verifier: Verifier | None, claim: str, roles: Iterable[str]) -> Any:

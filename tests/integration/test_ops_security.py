@@ -82,8 +82,9 @@ async def test_claim_and_roles_are_configurable(sim_openai: SimulatedLLM, start_
 async def test_health_openapi_and_probes_stay_open(guarded: RunningSidecar) -> None:
     for path in ("/ops/health", "/ops/openapi.json", "/healthz", "/readyz", "/metrics"):
         assert (await get(guarded, path)).status_code == 200, path
-    # An unknown /ops path tells nothing without a token.
-    assert (await get(guarded, "/ops/nothing-here")).status_code == 401
+    # A path no route serves tells nothing without a token, however it is spelled.
+    for path in ("/ops/nothing-here", "//ops/services", "/ops/services/", "/nothing"):
+        assert (await get(guarded, path)).status_code == 401, path
 
 
 async def test_auth_off_leaves_the_ops_api_open(openai_side: RunningSidecar) -> None:
