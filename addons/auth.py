@@ -20,6 +20,7 @@ from mitmproxy.addonmanager import Loader
 
 from addons import headers as hdr
 from addons.flowstate import record_of
+from agent.auth.bearer import bearer_token, www_authenticate
 from agent.auth.errors import AuthError, KeyConfigError
 from agent.auth.settings import AuthSettings
 from agent.auth.verify import Verifier
@@ -35,29 +36,6 @@ USER_HEADER = "X-User-Id"
 USER_KEY = USER_HEADER.lower().encode()
 ANONYMOUS = "anonymous"
 MAX_UNVERIFIED_USER = 256  # X-User-Id is only trusted with --auth off; keep records sane anyway
-
-
-def bearer_token(values: list[str]) -> str:
-    """The token of the request's `Authorization: Bearer <token>`; AuthError when there is none."""
-    if not values:
-        raise AuthError("missing", "no bearer token; send Authorization: Bearer <token>")
-    if len(values) > 1:
-        raise AuthError("malformed", "more than one Authorization header; send exactly one")
-    scheme, _, token = values[0].strip().partition(" ")
-    if scheme.lower() != "bearer":
-        raise AuthError("malformed", "the Authorization header must use the Bearer scheme: Bearer <token>")
-    token = token.strip()
-    if not token:
-        raise AuthError(
-            "missing", "the Authorization header has no token; send Authorization: Bearer <token>"
-        )
-    return token
-
-
-def www_authenticate(error: AuthError) -> str:
-    """RFC 6750 §3; error_description allows printable ASCII without `"` and `\\`."""
-    desc = "".join(c for c in error.description if " " <= c <= "~" and c not in '"\\')
-    return f'Bearer error="invalid_token", error_description="{desc}"'
 
 
 class Auth:

@@ -111,6 +111,12 @@ class _ConfigMethods:
         conflict = key_source_conflict(self.key_sources)
         if conflict:
             found.append(conflict)
+        for degraded, down in _THRESHOLD_PAIRS:
+            low, high = getattr(self, degraded), getattr(self, down)
+            if low > high:
+                found.append(
+                    f"{degraded} ({low}) is above {down} ({high}); a team is degraded before it is down"
+                )
         return found
 
     def validate(self) -> Any:
@@ -120,6 +126,11 @@ class _ConfigMethods:
             raise ConfigError(*found)
         return self
 
+
+_THRESHOLD_PAIRS = (
+    ("health_error_rate_degraded", "health_error_rate_down"),
+    ("health_latency_p95_degraded", "health_latency_p95_down"),
+)
 
 Config: Any = dataclass_of("Config", CONFIG_SETTINGS, _ConfigMethods)
 

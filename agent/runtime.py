@@ -39,6 +39,8 @@ from agent.proxy.internals import use_connection_handler
 from agent.proxy.limits import ConnectionLimits, LimitedConnectionHandler, fit_open_files
 from agent.store.database import StoreError, open_database, redact_url
 from agent.store.writer import UsageStore
+from agent.teamhealth import TeamHealth
+from agent.upstream import UpstreamProber
 from ops_api.app import build_app
 
 log = logging.getLogger("sidemeter")
@@ -85,6 +87,14 @@ class Sidecar:
         self.recorder.listeners.append(self.metrics.observe)
         self.access_log: AccessLog | None = None  # made at start: it runs a writing thread
         self.limits = ConnectionLimits(render=render_error, submit=self.recorder.submit, refuse=refuse)
+        self.team_health = TeamHealth(max_teams=config.metrics_max_teams)
+        self.recorder.listeners.append(self.team_health.observe)
+        self.upstream = UpstreamProber(
+            config.upstream,
+            interval=config.probe_interval,
+            timeout=config.probe_timeout,
+            api_key=config.upstream_api_key,
+        )
         self.auth_settings = AuthSettings.from_config(config)
         self.verifier: Verifier | None = None  # loaded in preflight when auth is on
         self.started_at = time.time()
@@ -136,6 +146,7 @@ class Sidecar:
             if self.verifier is not None:
                 await self.verifier.start()  # warm the JWKS cache; an IdP that is down is only logged
             metrics.activate(self.metrics)  # /metrics shows this sidecar's series
+            await self.upstream.start()  # after activate: a probe names the provider of the series
             await self._start_proxy()
             await self._start_ops()
         except BaseException:
@@ -288,6 +299,7 @@ class Sidecar:
         if self._ops_runner is not None:
             await self._ops_runner.cleanup()
             self._ops_runner = None
+        await self.upstream.stop()
         if self.verifier is not None:
             await self.verifier.aclose()
         await asyncio.to_thread(self.store.close)

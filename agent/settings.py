@@ -155,6 +155,33 @@ def names_a_claim(key: str, value: Any) -> None:
         raise ConfigError(f"{key}: must name a claim, e.g. team")
 
 
+def names_a_role(key: str, value: Any) -> None:
+    if not split_list(value):
+        raise ConfigError(f"{key}: must name at least one role, e.g. ops")
+
+
+def cors_origins(key: str, value: Any) -> None:
+    for origin in split_list(value):
+        if origin == "*":
+            continue
+        u = urlsplit(origin)
+        if u.scheme not in ("http", "https") or not u.hostname or u.path or u.query or u.fragment:
+            raise ConfigError(
+                f"{key}: {origin!r} is not an origin; use scheme://host[:port] without a path, "
+                "e.g. https://grafana.example.com, or *"
+            )
+
+
+def fraction(key: str, value: Any) -> None:
+    if not 0 < value <= 1:
+        raise ConfigError(f"{key}: must be a fraction above 0 and at most 1 (0.05 = 5%), got {value!r}")
+
+
+def split_list(value: str | None) -> list[str]:
+    """A comma-separated setting as its entries, blanks dropped."""
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
 # --------------------------------------------------------------------------- the table
 
 
@@ -388,6 +415,42 @@ SETTINGS: tuple[Setting, ...] = (
             "one series per user, and user names are personal data."),
     Setting("metrics_max_users", int, 100, "metrics",
             "Distinct user label values /metrics keeps with metrics_user_label; later users are 'other'.",
+            checks=(positive,)),
+    # -- ops: who may read the ops API, the upstream prober, what /ops/health judges
+    Setting("ops_role_claim", str, "roles", "ops",
+            "Token claim that must hold an ops role for /ops/* (a list, a string, or space-separated "
+            "like OAuth scope; a dotted path reaches nested claims, e.g. realm_access.roles).",
+            checks=(names_a_claim,)),
+    Setting("ops_roles", str, "ops", "ops",
+            "Roles, separated by commas, of which the ops role claim must contain one.",
+            checks=(names_a_role,)),
+    Setting("ops_cors_origins", str, None, "ops",
+            "Browser origins, separated by commas, allowed to call the ops API (e.g. "
+            "https://grafana.example.com); * allows any origin, without credentials. Unset: none.",
+            checks=(cors_origins,)),
+    Setting("probe_interval", float, 10.0, "ops",
+            "Seconds between two probes of the upstream (kind, version, models, reachable).",
+            checks=(positive,)),
+    Setting("probe_timeout", float, 2.0, "ops",
+            "Seconds one probe request to the upstream may take before it counts as unreachable.",
+            checks=(positive,)),
+    Setting("ready_requires_upstream", bool, True, "ops",
+            "/readyz answers 503 while the upstream cannot be reached; false for model servers "
+            "that start slowly (readiness then ignores the upstream)."),
+    Setting("health_error_rate_degraded", float, 0.05, "ops",
+            "A team's error rate over 5 minutes from which /ops/health calls it degraded.",
+            checks=(fraction,)),
+    Setting("health_error_rate_down", float, 0.5, "ops",
+            "A team's error rate over 5 minutes from which /ops/health calls it down.",
+            checks=(fraction,)),
+    Setting("health_latency_p95_degraded", float, 10.0, "ops",
+            "Seconds of a team's p95 latency over 5 minutes from which it is degraded.",
+            checks=(positive,)),
+    Setting("health_latency_p95_down", float, 30.0, "ops",
+            "Seconds of a team's p95 latency over 5 minutes from which it is down.",
+            checks=(positive,)),
+    Setting("health_min_requests", int, 5, "ops",
+            "Requests a team needs in the 5-minute window before /ops/health judges it.",
             checks=(positive,)),
 )
 # fmt: on

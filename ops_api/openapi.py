@@ -108,3 +108,37 @@ OPENAPI: dict[str, Any] = {
         }
     }
 }
+
+
+def query_parameters(document: Mapping[str, Any]) -> dict[tuple[str, str], frozenset[str]]:
+    """(METHOD, path) -> the query parameter names the document declares for that operation."""
+    out: dict[tuple[str, str], frozenset[str]] = {}
+    for path, item in document.get("paths", {}).items():
+        for method, operation in item.items():
+            names = {p["name"] for p in operation.get("parameters", []) if p.get("in") == "query"}
+            out[(method.upper(), path)] = frozenset(names)
+    return out
+
+
+def unknown_query_middleware(declared: Mapping[tuple[str, str], frozenset[str]]) -> Any:
+    """400, naming the allowed ones, for a query parameter an operation does not declare: a
+    misspelt filter (`?usr=alice`) must not silently answer everything unfiltered."""
+    from ops_api.errors import OpsError
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.query:
+            resource = request.match_info.route.resource
+            allowed = declared.get((request.method, resource.canonical)) if resource is not None else None
+            if allowed is not None:
+                unknown = sorted(set(request.query) - allowed)
+                if unknown:
+                    raise OpsError(
+                        400,
+                        f"unknown query parameter(s) {', '.join(map(repr, unknown))} for "
+                        f"{request.method} {resource.canonical}",  # type: ignore[union-attr]
+                        allowed=sorted(allowed),
+                    )
+        return await handler(request)
+
+    return check

@@ -6,8 +6,11 @@ from typing import Protocol
 
 from aiohttp import web
 
+from agent.auth.verify import Verifier
 from agent.config import Config
 from agent.store.writer import UsageStore
+from agent.teamhealth import TeamHealth
+from agent.upstream import UpstreamProber
 
 
 class SidecarView(Protocol):
@@ -16,7 +19,11 @@ class SidecarView(Protocol):
     config: Config
     store: UsageStore
     started_at: float
-    proxy_port: int | None  # the port the proxy listens on, once it does
+    verifier: Verifier | None  # None with auth off
+    upstream: UpstreamProber
+    team_health: TeamHealth
+    proxy_port: int | None
+    ops_port: int | None
 
     @property
     def proxy_listening(self) -> bool: ...

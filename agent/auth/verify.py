@@ -316,14 +316,31 @@ def _iso(ts: Any) -> str:
     return "(not a time)"
 
 
-def _claim_text(claims: Mapping[str, Any], name: str) -> str | None:
-    """A claim as text: `name` itself, else a dotted path into nested objects
-    (`org.team`); a list counts by its first entry."""
+def claim_value(claims: Mapping[str, Any], name: str) -> Any:
+    """The claim `name` itself, else a dotted path into nested objects (`org.team`,
+    Keycloak's `realm_access.roles`); None when absent."""
     value: Any = claims.get(name)
     if value is None and "." in name:
         value = claims
         for part in name.split("."):
             value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def claim_roles(claims: Mapping[str, Any], name: str) -> frozenset[str]:
+    """The roles a claim grants: a list of strings, or one string of roles separated by spaces
+    (OAuth `scope`) or commas."""
+    value = claim_value(claims, name)
+    if isinstance(value, str):
+        return frozenset(value.replace(",", " ").split())
+    if isinstance(value, list):
+        return frozenset(v for v in value if isinstance(v, str) and v)
+    return frozenset()
+
+
+def _claim_text(claims: Mapping[str, Any], name: str) -> str | None:
+    """A claim as text (`claim_value`); a list counts by its first entry."""
+    value = claim_value(claims, name)
     if isinstance(value, list):
         value = value[0] if value else None
     if isinstance(value, bool) or value is None or not isinstance(value, str | int | float):

@@ -158,6 +158,11 @@ class UsageStore:
         return self._spill.waiting()
 
     @property
+    def spill_pending(self) -> bool:
+        """Spilled records wait in spill files to be loaded into the database."""
+        return self._spill.pending
+
+    @property
     def healthy(self) -> bool:
         thread = self._thread
         return thread is not None and thread.is_alive() and self._last_write_ok

@@ -31,7 +31,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: traffic only while the proxy listens, the store writes and no stop is under way."""
+    """Readiness: traffic only while the proxy listens, the store writes, the upstream answers
+    (unless `ready_requires_upstream` is off) and no stop is under way."""
     side = request.app[SIDECAR]
     problems = []
     if not side.proxy_listening:
@@ -40,6 +41,9 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append("shutting down")
     if not side.store.healthy:
         problems.append(f"usage store is failing: {side.store.last_error or 'writer stopped'}")
+    upstream = side.upstream.status
+    if side.config.ready_requires_upstream and upstream.reachable is False:
+        problems.append(f"upstream {upstream.url} is unreachable: {upstream.last_error}")
     body = {"status": "ready" if not problems else "not_ready", "problems": problems}
     return web.json_response(body, status=503 if problems else 200)
 

@@ -29,6 +29,7 @@ import openai
 import pytest
 from aiohttp import web
 
+from agent.upstream import USER_AGENT as PROBER_AGENT
 from tests.support.paths import FIXTURES
 from tests.support.sidecar import RunningSidecar
 
@@ -86,6 +87,8 @@ class ScriptedOllama:
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if request.headers.get("User-Agent") == PROBER_AGENT:
+            return web.Response(status=404)  # the sidecar's own upstream probes are not the traffic
         self.received.append((request.method, request.path_qs, body))
         answer = answer_to(self.transcript, body)
         headers = dict(answer["headers"])

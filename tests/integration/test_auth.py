@@ -32,6 +32,7 @@ from addons.flowstate import record_of
 from agent.auth.errors import REASONS
 from agent.metrics import REGISTRY
 from agent.sim import SimulatedLLM
+from agent.upstream import USER_AGENT as PROBER_AGENT
 from tests.support.sidecar import RunningSidecar
 
 MODEL = "sim-model"
@@ -44,7 +45,8 @@ SECRET = "s" * 64  # long enough for HS512
 
 
 class RecordingLLM(SimulatedLLM):
-    """The simulated server, noting every request that reaches it (path, Authorization values)."""
+    """The simulated server, noting every request the proxy relays to it (path, Authorization
+    values); the sidecar's own upstream probes are left out."""
 
     def __init__(self, dialect: str) -> None:
         super().__init__(dialect)
@@ -55,7 +57,8 @@ class RecordingLLM(SimulatedLLM):
 
         @web.middleware
         async def note(request: web.Request, handler: Any) -> web.StreamResponse:
-            self.seen.append((request.path, request.headers.getall("Authorization", [])))
+            if request.headers.get("User-Agent") != PROBER_AGENT:
+                self.seen.append((request.path, request.headers.getall("Authorization", [])))
             return await handler(request)
 
         app.middlewares.insert(0, note)

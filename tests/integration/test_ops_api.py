@@ -34,3 +34,13 @@ async def test_openapi_document_is_valid_and_lists_every_route(openai_side: Runn
         if r.method != "HEAD" and r.resource is not None
     }
     assert app_routes == set(doc["paths"]), "every route is documented and every documented path exists"
+
+
+async def test_a_misspelt_query_parameter_is_a_400_naming_the_allowed_ones(
+    openai_side: RunningSidecar,
+) -> None:
+    async with httpx.AsyncClient(base_url=openai_side.ops_url) as http:
+        res = await http.get("/ops/requests", params={"usr": "alice"})
+    assert res.status_code == 400
+    error = res.json()["error"]
+    assert "'usr'" in error["message"] and "user" in error["allowed"] and "cursor" in error["allowed"]

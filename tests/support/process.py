@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
-
+from tests.support.files import db_files, immutable
 from tests.support.paths import ROOT
+
+__all__ = ["SidemeterProcess", "db_files", "immutable", "stored"]
 
 CLI = [sys.executable, "-m", "agent.cli"]
 
@@ -107,22 +107,3 @@ def stored(db_path: Path) -> dict[str, tuple[str, str | None, int | None, str]]:
     finally:
         con.close()
     return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
-
-
-@contextlib.contextmanager
-def immutable(paths: Sequence[Path]) -> Iterator[None]:
-    """The files made unwritable for real (`chattr +i`: root cannot write them either, and
-    SQLite opens the database read-only); skips where the filesystem or the user cannot."""
-    present = [str(p) for p in paths if p.exists()]
-    res = subprocess.run(["chattr", "+i", *present], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"chattr +i is not available here: {res.stderr.strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", *present], check=True)
-
-
-def db_files(db_path: Path) -> list[Path]:
-    """The SQLite database and its write-ahead log (not -shm: an immutable mapping is SIGBUS)."""
-    return [db_path, db_path.with_name(db_path.name + "-wal")]

@@ -94,6 +94,9 @@ CONFIG_KEYS = {
     "jwt_max_lifetime",
     *("header_timeout", "idle_timeout", "max_connections", "max_request_line", "max_header_size"),
     *("metrics_max_teams", "metrics_max_models", "metrics_user_label", "metrics_max_users"),
+    *("ops_role_claim", "ops_roles", "ops_cors_origins", "probe_interval", "probe_timeout"),
+    *("ready_requires_upstream", "health_error_rate_degraded", "health_error_rate_down"),
+    *("health_latency_p95_degraded", "health_latency_p95_down", "health_min_requests"),
 }
 
 
