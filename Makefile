@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help demo test lint bench clean nuke prometheus postgres generate-jwt simulate logs up down
+.PHONY: help demo test lint bench clean nuke prometheus postgres generate-jwt simulate smoke-test logs up down
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Sidemeter needs Python 3.11 or newer; run: make PYTHON=python3.11 ...")'
@@ -48,6 +48,10 @@ generate-jwt: $(VENV)/.installed  ## a token for SUB (demo-user) of TEAM (demo),
 simulate: $(VENV)/.installed  ## N (25) mixed requests against TARGET, summary beside the records
 	$(NEED_KEY)
 	$(SIGNING_ENV) $(BIN)/sidemeter simulate --target $(TARGET) --ops $(OPS) -n $(N)
+
+smoke-test: $(VENV)/.installed  ## check the sidecar at TARGET/OPS end to end; exit 0 only when every step passed
+	$(NEED_KEY)
+	$(SIGNING_ENV) $(BIN)/sidemeter smoke-test --target $(TARGET) --ops $(OPS)
 
 # Compose needs a Docker engine; without one, `make demo` runs the same stack's core in one process.
 COMPOSE := $(shell command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && echo docker compose)
