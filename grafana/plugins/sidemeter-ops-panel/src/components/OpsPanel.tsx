@@ -44,7 +44,14 @@ function usePoll(seconds: number): number {
   return tick;
 }
 
-export function OpsPanel({ options, width, height, timeRange, renderCounter }: PanelProps<OpsPanelOptions>) {
+export function OpsPanel(props: PanelProps<OpsPanelOptions>) {
+  if (!(props.options.apiUrl ?? defaultOptions.apiUrl).trim()) {
+    return <Muted testId="no-url">Set the ops API URL in the panel options.</Muted>;
+  }
+  return <OpsSections {...props} />;
+}
+
+function OpsSections({ options, width, height, timeRange, renderCounter }: PanelProps<OpsPanelOptions>) {
   const s = useStyles2(getStyles);
   const o = { ...defaultOptions, ...options };
   const api = useMemo(() => new OpsApi({ baseUrl: o.apiUrl, token: o.token }), [o.apiUrl, o.token]);
@@ -60,9 +67,6 @@ export function OpsPanel({ options, width, height, timeRange, renderCounter }: P
   const firstUpstream = list.find((svc) => svc.type === 'upstream');
   const dialect = firstUpstream?.type === 'upstream' && firstUpstream.dialect === 'ollama' ? 'ollama' : 'openai';
 
-  if (!o.apiUrl.trim()) {
-    return <Muted testId="no-url">Set the ops API URL in the panel options.</Muted>;
-  }
   const none = !(o.showHealth || o.showStats || o.showServices || o.showTestConsole || o.showRecent);
   return (
     <div className={s.root} style={{ width, height }} data-testid="ops-panel">

@@ -41,6 +41,7 @@ export function ErrorState({ error, what }: { error: Error; what: string }) {
   return (
     <Alert className={s.alert} severity="error" title={`Could not load ${what}`} data-testid="state-error">
       {error.message}
+      {error instanceof OpsApiError && error.allowed?.length ? ` (allowed: ${error.allowed.join(', ')})` : ''}
     </Alert>
   );
 }

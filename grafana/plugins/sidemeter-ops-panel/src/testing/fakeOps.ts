@@ -61,3 +61,20 @@ export function fakeOps(routes: Record<string, Route>) {
   const api = new OpsApi({ baseUrl: 'http://ops.test:9090/', token: 'tok', fetch: fetchImpl as typeof fetch });
   return { api, calls, fetch: fetchImpl as typeof fetch };
 }
+
+/** Fakes only the clock (the sections print today's times shorter), leaving timers real for findBy*. */
+export function fixClock(iso: string) {
+  jest.useFakeTimers({
+    now: new Date(iso),
+    doNotFake: [
+      'setTimeout',
+      'clearTimeout',
+      'setInterval',
+      'clearInterval',
+      'setImmediate',
+      'clearImmediate',
+      'nextTick',
+      'queueMicrotask',
+    ],
+  });
+}
