@@ -55,3 +55,12 @@ export function time(iso: string | null | undefined, now: Date = new Date()): st
   const s = d.toISOString();
   return s.slice(0, 10) === now.toISOString().slice(0, 10) ? s.slice(11, 19) : `${s.slice(0, 10)} ${s.slice(11, 16)}`;
 }
+
+/** A window's bounds, both with their date so "13:05 – 13:05" never reads as an empty window. */
+export function span(since: string, until: string): string {
+  const full = (iso: string) => {
+    const d = new Date(iso);
+    return isNaN(d.getTime()) ? iso : `${d.toISOString().slice(0, 10)} ${d.toISOString().slice(11, 16)}`;
+  };
+  return `${full(since)} – ${full(until)} UTC`;
+}

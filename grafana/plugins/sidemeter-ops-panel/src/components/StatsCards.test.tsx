@@ -32,6 +32,15 @@ describe('StatsCards', () => {
     expect(calls[0].url.searchParams.get('since')).toBe(RANGE.since);
   });
 
+  it('dates both bounds of the window, even within one day', async () => {
+    fixClock('2026-12-03T14:00:00Z');
+    const { api } = fakeOps({ 'GET /ops/stats': { body: statsEmpty } });
+    render(<StatsCards api={api} window={{ window: '1h' }} refreshKey={0} />);
+    expect(await screen.findByTestId('stats-window')).toHaveTextContent(
+      '2026-12-03 12:05 – 2026-12-03 13:05 UTC (1.0 h)'
+    );
+  });
+
   it('shows an empty window as dashes and says so, and marks approximate percentiles', async () => {
     const { api } = fakeOps({ 'GET /ops/stats': { body: statsEmpty } });
     render(<StatsCards api={api} window={{ window: '1h' }} refreshKey={0} />);

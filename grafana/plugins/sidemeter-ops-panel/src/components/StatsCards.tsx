@@ -6,7 +6,7 @@ import { useStyles2 } from '@grafana/ui';
 import type { StatsAnswer } from '../api/contract';
 import type { OpsApi, StatsWindow } from '../api/opsApi';
 import { useOps } from '../api/useOps';
-import { count, duration, ms, pct, time } from '../format';
+import { count, duration, ms, pct, span } from '../format';
 import { Muted, Section } from './states';
 
 const getStyles = (theme: GrafanaTheme2) => ({
@@ -64,7 +64,7 @@ export function StatsView({ stats }: { stats: StatsAnswer }) {
         <Card label="Estimated" value={pct(t.estimated_share)} sub={`${count(t.estimated)} requests`} />
       </div>
       <Muted testId="stats-window">
-        {time(stats.since)} – {time(stats.until)} UTC ({duration(stats.window_s)})
+        {span(stats.since, stats.until)} ({duration(stats.window_s)})
         {approx ? `, percentiles approximate (±${pct(stats.percentile_error)})` : ''}
         {t.requests === 0 ? ': no requests in this window' : ''}
       </Muted>
