@@ -57,7 +57,7 @@ describe('TestConsole', () => {
     render(<TestConsole api={api} models={['llama3.2']} dialect="ollama" />);
     fireEvent.change(screen.getByLabelText('Request id'), { target: { value: ' nope ' } });
     fireEvent.click(screen.getByRole('button', { name: 'Look up' }));
-    expect(await screen.findByText(/no request with id nope/)).toBeInTheDocument();
+    expect(await screen.findByTestId('state-unknown')).toHaveTextContent('no request with id nope.');
   });
 
   it('shows the error of a refused test', async () => {

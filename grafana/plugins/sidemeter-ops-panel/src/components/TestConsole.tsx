@@ -180,7 +180,7 @@ export function TestConsole({ api, models, dialect }: TestConsoleProps) {
         </Button>
       </div>
       {lookup.state === 'running' && <Muted>Looking up…</Muted>}
-      {lookup.state === 'error' && <ErrorState error={lookup.error} what="the request" />}
+      {lookup.state === 'error' && <ErrorState error={lookup.error} what="the request" lookup />}
       {lookup.state === 'done' && <RecordView record={lookup.data} />}
     </div>
   );

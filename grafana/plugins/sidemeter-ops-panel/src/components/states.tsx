@@ -20,8 +20,11 @@ export function Muted({ children, testId }: { children: React.ReactNode; testId?
   );
 }
 
-/** The error of a section, worded for its reader: unauthorised, not served by this sidecar, or the API's message. */
-export function ErrorState({ error, what }: { error: Error; what: string }) {
+/**
+ * The error of a section, worded for its reader: unauthorised, not served by this sidecar, or the API's
+ * message. `lookup` marks a call where a 404 means the item is unknown, not the endpoint.
+ */
+export function ErrorState({ error, what, lookup = false }: { error: Error; what: string; lookup?: boolean }) {
   const s = useStyles2(getStyles);
   if (error instanceof OpsApiError && error.unauthorised) {
     return (
@@ -34,6 +37,9 @@ export function ErrorState({ error, what }: { error: Error; what: string }) {
         {error.message}. Set an ops token carrying the ops role in the panel options.
       </Alert>
     );
+  }
+  if (error instanceof OpsApiError && error.missing && lookup) {
+    return <Muted testId="state-unknown">{error.message}.</Muted>;
   }
   if (error instanceof OpsApiError && error.missing) {
     return <Muted testId="state-missing">Not available: {error.message}.</Muted>;
