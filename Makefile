@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help demo test lint bench clean nuke prometheus postgres generate-jwt simulate smoke-test logs up down
+.PHONY: help demo test lint bench clean nuke prometheus postgres generate-jwt simulate smoke-test logs up down chromium plugin panel-screenshots
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Sidemeter needs Python 3.11 or newer; run: make PYTHON=python3.11 ...")'
@@ -82,7 +82,31 @@ postgres:
 		|| echo "*** WARNING: could not install postgresql: tests/integration/test_postgres.py will be skipped ***"; \
 	fi
 
-test: $(VENV)/.installed-test prometheus postgres  ## ruff and the whole test suite
+# tests/integration/test_panel_e2e.py drives the built panel in Debian's chromium (Playwright cannot
+# download browsers here): installed like prometheus above, otherwise that test skips and says why.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+		|| echo "*** WARNING: could not install chromium: tests/integration/test_panel_e2e.py will be skipped ***"; \
+	fi
+
+# The Grafana panel from a clean clone: install from the lock file, check, test, build, zip, and the
+# harness page test_panel_e2e.py renders dist/module.js in.
+PLUGIN_DIR := grafana/plugins/sidemeter-ops-panel
+plugin:
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(PLUGIN_DIR) && npm ci --no-audit --no-fund && npm run typecheck && npm run lint \
+		&& CI=true npm test && npm run build && npm run package && npm run harness; \
+	else \
+		echo "*** WARNING: npm is missing: the Grafana panel is NOT built or tested," \
+			"tests/integration/test_panel_e2e.py will be skipped ***"; \
+	fi
+
+# Rewrites docs/panel-dark.png and docs/panel-light.png from a live run.
+panel-screenshots: $(VENV)/.installed-test chromium plugin
+	SIDEMETER_PANEL_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/integration/test_panel_e2e.py -k screenshots
+
+test: $(VENV)/.installed-test prometheus postgres chromium plugin  ## ruff, the plugin build and the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
