@@ -15,6 +15,7 @@ import pytest
 
 from agent.records import UsageRecord
 from agent.sim import SimulatedLLM
+from agent.upstream import USER_AGENT as PROBER_AGENT
 from tests.support.sidecar import RunningSidecar
 
 SECRET = "answers-test-secret-0123456789abcdef"
@@ -66,7 +67,8 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None
 
 
 class RecordingUpstream:
-    """An upstream that keeps every byte it receives and answers each request with a small 200."""
+    """An upstream that keeps every byte clients' requests bring it (not the sidecar's own
+    upstream probes) and answers each request with a small 200."""
 
     def __init__(self) -> None:
         self.received = b""
@@ -78,8 +80,11 @@ class RecordingUpstream:
         self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen = b""
         while data := await reader.read(65536):
-            self.received += data
+            seen += data
+            if f"User-Agent: {PROBER_AGENT}".encode() not in seen:  # the sidecar's own probes aside
+                self.received += data
             if b"\r\n\r\n" in data:
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
