@@ -56,14 +56,17 @@ smoke-test: $(VENV)/.installed  ## check the sidecar at TARGET/OPS end to end; e
 # Compose needs a Docker engine; without one, `make demo` runs the same stack's core in one process.
 COMPOSE := $(shell command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && echo docker compose)
 
-up:  ## the compose stack (model server, sidecar, Prometheus, Grafana), where Docker runs
-	@$(if $(COMPOSE),$(COMPOSE) -f configs/compose.yaml up -d,echo "no Docker engine here: run 'make demo' instead" && exit 1)
+# SIM=1: the built-in simulated Ollama (profile `sim`) instead of Ollama, for machines without a model.
+COMPOSE_STACK = $(COMPOSE) $(if $(wildcard .env),--env-file .env) -f configs/compose.yaml --profile sim
+
+up:  ## the compose stack (model server or SIM=1, sidecar, Prometheus, Grafana), where Docker runs
+	@$(if $(COMPOSE),$(if $(SIM),LLM_HOST=sim $(COMPOSE_STACK) up -d --scale ollama=0,$(COMPOSE_STACK) up -d --scale sim=0),echo "no Docker engine here: run 'make demo' instead" && exit 1)
 
 down:  ## stop the compose stack
-	@$(if $(COMPOSE),$(COMPOSE) -f configs/compose.yaml down,echo "no Docker engine here: nothing to stop" && exit 1)
+	@$(if $(COMPOSE),$(COMPOSE_STACK) down,echo "no Docker engine here: nothing to stop" && exit 1)
 
 logs: $(VENV)/.installed  ## follow the compose stack's logs; without Docker, the demo's records
-	@$(if $(COMPOSE),$(COMPOSE) -f configs/compose.yaml logs -f,$(BIN)/sidemeter requests --follow --db sqlite:///data/demo.db)
+	@$(if $(COMPOSE),$(COMPOSE_STACK) logs -f,$(BIN)/sidemeter requests --follow --db sqlite:///data/demo.db)
 
 # tests/integration/test_prometheus.py and test_grafana_queries.py start Debian's prometheus (2.42) and
 # run its promtool: installed here when missing and running as root, otherwise those tests skip and say why.
@@ -125,5 +128,5 @@ clean:  ## the local databases and caches (keeps .venv and the demo's secret)
 nuke: clean  ## also .venv, data/ (spill files, journal, demo secret), node_modules, compose volumes: asks first
 	@printf 'delete .venv, data/ (records, spill files, the demo secret), node_modules and compose volumes? [y/N] '; \
 		read answer; [ "$$answer" = y ] || [ "$$answer" = Y ] || { echo "nothing deleted"; exit 1; }
-	$(if $(COMPOSE),-$(COMPOSE) -f configs/compose.yaml down -v)
+	$(if $(COMPOSE),-$(COMPOSE_STACK) down -v)
 	rm -rf $(VENV) data grafana/plugins/*/node_modules grafana/plugins/*/dist
