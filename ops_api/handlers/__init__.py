@@ -3,6 +3,6 @@ RouteTableDef) and `OPENAPI` (its part of /ops/openapi.json); `MODULES` lists th
 
 from __future__ import annotations
 
-from ops_api.handlers import console, probes, requests
+from ops_api.handlers import console, probes, quotas, requests
 
-MODULES = (probes, requests, console)
+MODULES = (probes, requests, console, quotas)
