@@ -23,7 +23,6 @@ from typing import Final
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
-from addons import headers as hdr
 from addons.errors import refuse
 from addons.flowstate import state_of
 from agent.config import ConfigError, load
@@ -35,6 +34,7 @@ from agent.settings import declare_options, option_names, read_options
 log = logging.getLogger("sidemeter.quota")
 
 QUOTA_EXCEEDED: Final = "quota_exceeded"
+OURS: Final = frozenset({b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset"})
 COUNTED: Final = frozenset({Operation.CHAT, Operation.COMPLETION, Operation.EMBEDDING, Operation.RESPONSES})
 
 
@@ -122,8 +122,9 @@ class Quota:
             return
         assert flow.response is not None
         headers = flow.response.headers
-        for name, value in rate_limit_headers(decision.shown, self.ledger.clock()):
-            hdr.put(headers, name.decode(), value.decode())  # the upstream's own fields give way
+        # One pass over the fields: the upstream's own RateLimit-* give way to ours.
+        kept = tuple(f for f in headers.fields if f[0].lower() not in OURS)
+        headers.fields = (*kept, *rate_limit_headers(decision.shown, self.ledger.clock()))
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._reconcile(flow)
