@@ -7,6 +7,7 @@ from typing import Protocol
 from aiohttp import web
 
 from agent.config import Config
+from agent.quota.ledger import Ledger
 from agent.store.writer import UsageStore
 
 
@@ -17,6 +18,7 @@ class SidecarView(Protocol):
     store: UsageStore
     started_at: float
     proxy_port: int | None  # the port the proxy listens on, once it does
+    quotas: Ledger  # the quota counters (empty rules: no quotas)
 
     @property
     def proxy_listening(self) -> bool: ...

@@ -21,10 +21,7 @@ async def quotas(request: web.Request) -> web.Response:
     user, team = request.query.get("user") or None, request.query.get("team") or None
     if user is not None and team is not None:
         raise OpsError(400, "give user or team, not both")
-    ledger = getattr(request.app[SIDECAR], "quotas", None)
-    if ledger is None:
-        return web.json_response({"rules": [], "scopes": []})
-    return web.json_response(quota_report(ledger, user=user, team=team))
+    return web.json_response(quota_report(request.app[SIDECAR].quotas, user=user, team=team))
 
 
 _LIMIT: dict[str, Any] = {

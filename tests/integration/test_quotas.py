@@ -255,4 +255,6 @@ async def test_quota_gauge_is_listed_from_start_and_follows_usage(
         await fresh_minute()
         await oai(side, "hal").chat.completions.create(model=OPENAI_MODEL, messages=PROMPT)
         text = (await http.get(side.ops_url + "/metrics")).text
+        both = await http.get(side.ops_url + "/ops/quotas", params={"user": "hal", "team": "x"})
     assert 'sidemeter_quota_remaining_ratio{rule="user:hal",scope="user:hal"} 0.75' in text
+    assert both.status_code == 400 and both.json()["error"]["message"] == "give user or team, not both"
