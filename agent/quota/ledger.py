@@ -163,12 +163,18 @@ class Ledger:
     def reconcile(self, reservation: Reservation, actual: Amounts) -> None:
         """A request finished having used `actual`: its reservation is released and its usage
         counted, in the windows it started in (a window that has ended since is gone)."""
-        held = reservation.amounts
-        for w in reservation.windows:
+        h0, h1, h2, h3 = reservation.amounts
+        a0, a1, a2, a3 = actual
+        for w in reservation.windows:  # unrolled: this runs once per request
             r, u = w.reserved, w.used
-            for i in (REQUESTS, INPUT, OUTPUT, TOTAL):
-                r[i] -= held[i]
-                u[i] += actual[i]
+            r[0] -= h0
+            r[1] -= h1
+            r[2] -= h2
+            r[3] -= h3
+            u[0] += a0
+            u[1] += a1
+            u[2] += a2
+            u[3] += a3
 
     # -- start-up and reads ---------------------------------------------------------
 
