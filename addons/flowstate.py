@@ -18,6 +18,7 @@ from agent.wire.request import RequestInfo
 
 if TYPE_CHECKING:
     from addons.meter import StreamRelay
+    from agent.quota.ledger import Decision
 
 KEY: Final = "sidemeter"
 REQUEST_ID_KEY: Final = REQUEST_ID_HEADER.lower().encode()
@@ -26,7 +27,16 @@ REQUEST_ID_KEY: Final = REQUEST_ID_HEADER.lower().encode()
 class FlowState:
     """What the sidecar knows about one flow: created once per request, read by every hook."""
 
-    __slots__ = ("id_replaced", "in_flight", "info", "record", "recorded", "stream", "usage_injected")
+    __slots__ = (
+        "id_replaced",
+        "in_flight",
+        "info",
+        "quota",
+        "record",
+        "recorded",
+        "stream",
+        "usage_injected",
+    )
 
     def __init__(self, record: UsageRecord) -> None:
         self.record = record  # the usage record, filled in as the exchange happens
@@ -36,6 +46,7 @@ class FlowState:
         self.in_flight = False  # counted in the recorder's in-flight requests
         self.recorded = False  # the record went to the store: an error after a response must not count twice
         self.id_replaced = False  # the client's X-Request-ID was invalid: the response says so
+        self.quota: Decision | None = None  # the quota's answer; its reservation until reconciled
 
 
 def state_of(flow: http.HTTPFlow) -> FlowState:

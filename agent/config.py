@@ -1,7 +1,9 @@
 """Configuration: defaults < TOML file < SIDEMETER_* environment < command-line flags.
 
 The keys, their types, defaults, help and checks are the table in agent/settings.py; `Config`
-is derived from it, one attribute per key.
+is derived from it, one attribute per key. One key is not a scalar setting: `quotas`, the list
+of `[[quotas]]` tables, is read from the file only and parsed into `QuotaRule`s
+(agent/quota/rules.py) on `Config.quotas`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.quota.rules import QuotaRule, parse_rules
 from agent.settings import (
     BY_NAME,
     CONFIG_SETTINGS,
@@ -27,6 +30,7 @@ __all__ = [
     "DEFAULT_CONFIG_FILE",
     "ENV_PREFIX",
     "KEY_SOURCES",
+    "QUOTAS",
     "Config",
     "ConfigError",
     "key_source_conflict",
@@ -75,7 +79,8 @@ class _ConfigMethods:
         return key in BY_NAME and BY_NAME[key].secret
 
     def to_dict(self, *, redact: bool = False) -> dict[str, Any]:
-        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        d = {k: getattr(self, k) for k in self.field_names()}
+        d[QUOTAS] = [rule.to_table() for rule in getattr(self, QUOTAS)]
         if redact:
             for k, v in d.items():
                 if v and self.is_secret(k):
@@ -132,7 +137,15 @@ _THRESHOLD_PAIRS = (
     ("health_latency_p95_degraded", "health_latency_p95_down"),
 )
 
-Config: Any = dataclass_of("Config", CONFIG_SETTINGS, _ConfigMethods)
+
+QUOTAS = "quotas"  # the [[quotas]] tables: rules, not a scalar setting
+
+Config: Any = dataclass_of(
+    "Config",
+    CONFIG_SETTINGS,
+    _ConfigMethods,
+    extra=[(QUOTAS, tuple[QuotaRule, ...], dataclasses.field(default=()))],
+)
 
 
 def _coerce(key: str, raw: Any, source: str) -> Any:
@@ -152,12 +165,16 @@ def _read_values(path: Path, problems: list[str]) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     names = Config.field_names()
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(set(data) - {*names, QUOTAS})
     if unknown:
         problems.append(
-            f"config file {path}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(names)}"
+            f"config file {path}: unknown key(s) {', '.join(unknown)}; "
+            f"known keys: {', '.join(names)}, {QUOTAS}"
         )
-    return _coerced({k: v for k, v in data.items() if k in names}, str(path), problems)
+    values = _coerced({k: v for k, v in data.items() if k in names}, str(path), problems)
+    if QUOTAS in data:
+        values[QUOTAS] = parse_rules(data[QUOTAS], f"config file {path}", problems)
+    return values
 
 
 def _coerced(raw: Mapping[str, Any], source: Any, problems: list[str]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from mitmproxy.proxy.layers.http import HttpErrorHook
 from addons.auth import Auth
 from addons.errors import DialectErrors, refuse, render_error, sidecar_failed
 from addons.meter import Meter
+from addons.quota import Quota
 from addons.record import Recorder
 from agent import metrics
 from agent.auth.errors import KeyConfigError
@@ -37,11 +38,15 @@ from agent.logs import AccessLog
 from agent.proxy.dispatch import HandlerError, HookIndex, SidecarOptions
 from agent.proxy.internals import use_connection_handler
 from agent.proxy.limits import ConnectionLimits, LimitedConnectionHandler, fit_open_files
+from agent.quota.history import rebuild
+from agent.quota.ledger import Ledger
+from agent.quota.windows import zone
 from agent.store.database import StoreError, open_database, redact_url
 from agent.store.writer import UsageStore
 from agent.teamhealth import TeamHealth
 from agent.upstream import UpstreamProber
 from ops_api.app import build_app
+from ops_api.reads import query_store
 
 log = logging.getLogger("sidemeter")
 
@@ -96,6 +101,7 @@ class Sidecar:
             api_key=config.upstream_api_key,
         )
         self.auth_settings = AuthSettings.from_config(config)
+        self.quotas = Ledger(config.quotas, zone(config.quota_timezone))  # counters rebuilt at start
         self.verifier: Verifier | None = None  # loaded in preflight when auth is on
         self.started_at = time.time()
         self.master: Master | None = None
@@ -139,6 +145,12 @@ class Sidecar:
             await asyncio.to_thread(self.store.start)
         except StoreError as e:
             raise StartupError(str(e)) from None
+        if self.quotas:
+            try:  # one query, off the loop: a restart resets nobody's window
+                await asyncio.to_thread(query_store, self.store, lambda db: rebuild(self.quotas, db))
+            except StoreError as e:
+                await asyncio.to_thread(self.store.close)
+                raise StartupError(f"quota counters could not be rebuilt: {e}") from None
         if self.config.access_log == "on":
             self.access_log = AccessLog(self.config.log_format)
             self.recorder.listeners.append(self.access_log.observe)
@@ -147,6 +159,7 @@ class Sidecar:
                 await self.verifier.start()  # warm the JWKS cache; an IdP that is down is only logged
             metrics.activate(self.metrics)  # /metrics shows this sidecar's series
             await self.upstream.start()  # after activate: a probe names the provider of the series
+            metrics.QUOTA_GAUGES.ledger = self.quotas
             await self._start_proxy()
             await self._start_ops()
         except BaseException:
@@ -173,7 +186,17 @@ class Sidecar:
         # Auth right after the error pages and the limits, before Meter: it reads Authorization
         # before anything strips it, and a flow answered with 401 (or a refused head's 414/431)
         # never goes upstream (Meter sees flow.response).
-        ours = (DialectErrors(), self.limits, Auth(self.auth_settings, self.verifier), Meter(), self.recorder)
+        # Quota after the meter (it reads the parsed request), before the recorder (it reconciles
+        # with the meter's final counts); a 429 it answers never goes upstream.
+        quota = Quota(self.quotas, cfg.quota_default_reservation)
+        ours = (
+            DialectErrors(),
+            self.limits,
+            Auth(self.auth_settings, self.verifier),
+            Meter(),
+            quota,
+            self.recorder,
+        )
         index = HookIndex(master)  # before any addon: the stock manager looks handlers up per event
         index.on_error = _when_ours_fails(ours)
         master.addons = index
@@ -308,6 +331,8 @@ class Sidecar:
             self.recorder.listeners.remove(self.access_log.observe)
             self.access_log = None
         metrics.deactivate(self.metrics)
+        if metrics.QUOTA_GAUGES.ledger is self.quotas:
+            metrics.QUOTA_GAUGES.ledger = None
         log.log(logging.ERROR if self.store.lost_total else logging.INFO, "%s", self.summary())
 
     def summary(self) -> str:

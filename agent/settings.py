@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from agent.durations import parse_duration
+from agent.quota.windows import zone
 
 if TYPE_CHECKING:
     from mitmproxy.addonmanager import Loader
@@ -150,6 +151,13 @@ def duration(key: str, value: Any) -> None:
         raise ConfigError(f"{key}: must be longer than 0s, got {value!r}")
 
 
+def time_zone(key: str, value: Any) -> None:
+    try:
+        zone(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
 def names_a_claim(key: str, value: Any) -> None:
     if not value.strip():
         raise ConfigError(f"{key}: must name a claim, e.g. team")
@@ -194,7 +202,7 @@ class Setting:
     name: str
     type: type
     default: Any
-    group: str  # the addon or part of the sidecar it belongs to: proxy, auth, store, meter
+    group: str  # the addon or part of the sidecar it belongs to: proxy, auth, store, meter, quota
     help: str
     secret: bool = False
     choices: tuple[str, ...] = ()
@@ -403,6 +411,15 @@ SETTINGS: tuple[Setting, ...] = (
             "One line per request on stdout: time, request id, user, team, model, endpoint, status, "
             "outcome, tokens in/out, latency, TTFT (never tokens, secrets or prompt text).",
             choices=("on", "off"), flag_for=(RUN,)),
+    # -- quota: the [[quotas]] rules' windows and reservations
+    Setting("quota_timezone", str, "UTC", "quota",
+            "IANA time zone of the quota day and month windows (tokens_per_day, tokens_per_month); "
+            "minute windows are UTC clock minutes.",
+            checks=(time_zone,), mitmproxy=True),
+    Setting("quota_default_reservation", int, 1024, "quota",
+            "Output tokens a request under a token quota holds while it runs when it gives no "
+            "max_tokens, num_predict or max_output_tokens.",
+            checks=(positive,), metavar="TOKENS", mitmproxy=True),
     # -- metrics: what /metrics labels, and how many distinct values it keeps
     Setting("metrics_max_teams", int, 50, "metrics",
             "Distinct team label values /metrics keeps; later teams are counted as 'other'.",
@@ -471,10 +488,17 @@ def flags_for(command: str) -> tuple[Setting, ...]:
 
 
 def dataclass_of(
-    name: str, settings: Iterable[Setting], base: type, *, frozen: bool = False, doc: str = ""
+    name: str,
+    settings: Iterable[Setting],
+    base: type,
+    *,
+    frozen: bool = False,
+    doc: str = "",
+    extra: Iterable[tuple[str, Any, Any]] = (),
 ) -> type:
-    """A slotted dataclass with one field per setting (its default; secrets kept out of repr);
-    `base` (with `__slots__ = ()`) carries the methods."""
+    """A slotted dataclass with one field per setting (its default; secrets kept out of repr),
+    then the `extra` (name, type, dataclasses.field) ones; `base` (with `__slots__ = ()`)
+    carries the methods."""
     fields = [
         (
             s.name,
@@ -483,6 +507,7 @@ def dataclass_of(
         )
         for s in settings
     ]
+    fields += list(extra)
     cls = dataclasses.make_dataclass(name, fields, bases=(base,), slots=True, frozen=frozen)
     cls.__module__ = base.__module__  # where it is defined for reprs, pickling and docs
     cls.__doc__ = doc or base.__doc__

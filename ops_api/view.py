@@ -8,6 +8,7 @@ from aiohttp import web
 
 from agent.auth.verify import Verifier
 from agent.config import Config
+from agent.quota.ledger import Ledger
 from agent.store.writer import UsageStore
 from agent.teamhealth import TeamHealth
 from agent.upstream import UpstreamProber
@@ -24,6 +25,7 @@ class SidecarView(Protocol):
     team_health: TeamHealth
     proxy_port: int | None
     ops_port: int | None
+    quotas: Ledger  # the quota counters (empty rules: no quotas)
 
     @property
     def proxy_listening(self) -> bool: ...

@@ -1,5 +1,6 @@
 """The `sidemeter` command line: the `main` group, with one module per command or group
-(run.py, demo.py, simulate.py, smoke.py, token.py, usage.py, requests.py, config.py, db.py) and
+(run.py, demo.py, simulate.py, smoke.py, token.py, usage.py, requests.py, config.py, db.py,
+quota.py) and
 what they share in common.py. `python -m agent.cli` runs it too (__main__.py)."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import click
 
 from agent import __version__
-from agent.cli import config, db, demo, requests, run, simulate, smoke, token, usage
+from agent.cli import config, db, demo, quota, requests, run, simulate, smoke, token, usage
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,5 +32,6 @@ for command in (
     db.db,
     simulate.simulate,
     smoke.smoke_test,
+    quota.quota,
 ):
     main.add_command(command)

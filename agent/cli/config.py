@@ -37,11 +37,12 @@ def config_init(path: str | None, force: bool) -> None:
 @config_group.command("show")
 @CONFIG_OPTION
 def config_show(config_path: str | None) -> None:
-    """Print the effective config (defaults < file < environment), secrets masked."""
+    """Print the effective config (defaults < file < environment), secrets masked, and the
+    [[quotas]] rules."""
     import tomli_w
 
     cfg = _load(config_path)
-    d = {k: v for k, v in cfg.to_dict(redact=True).items() if v is not None}
+    d = {k: v for k, v in cfg.to_dict(redact=True).items() if v is not None and v != []}
     click.echo(tomli_w.dumps(d), nl=False)
 
 
@@ -92,5 +93,7 @@ def config_set(config_path: str | None, key: str, value: str) -> None:
         Config(**current).validate()
     except ConfigError as e:
         _fail(str(e))
+    if configmod.QUOTAS in current:  # the file's [[quotas]] tables, kept as they were
+        current[configmod.QUOTAS] = [rule.to_table() for rule in current[configmod.QUOTAS]]
     target.write_text(tomli_w.dumps(current))
     click.echo(f"{key} = {value} written to {target}")

@@ -20,6 +20,7 @@ from prometheus_client.core import Metric
 
 from agent import __version__
 from agent.auth.errors import REASONS
+from agent.metrics.quotas import QuotaGauges
 from agent.metrics.requests import RequestMetrics
 
 # `*_created` series double every counter and histogram and no dashboard reads them; the
@@ -101,6 +102,8 @@ class _Current:
 
 _current = _Current()
 REGISTRY.register(_current)
+QUOTA_GAUGES = QuotaGauges()  # the running sidecar sets its ledger; listed from start either way
+REGISTRY.register(QUOTA_GAUGES)
 
 
 def activate(metrics: RequestMetrics) -> None:
@@ -116,6 +119,7 @@ def deactivate(metrics: RequestMetrics) -> None:
 
 __all__ = [
     "AUTH_FAILURES",
+    "QUOTA_GAUGES",
     "REGISTRY",
     "STORE_WRITE_DURATION",
     "RequestMetrics",

@@ -88,6 +88,7 @@ class RequestInfo:
     wants_usage: bool = False
     prompt_text: str = ""
     error: str | None = None
+    max_output: int | None = None  # the most output tokens the request allows, when it says
 
 
 def parse_request(method: str, path: str, body: bytes) -> RequestInfo:
@@ -124,7 +125,25 @@ def parse_request(method: str, path: str, body: bytes) -> RequestInfo:
         opts = doc.get("stream_options")
         info.wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
     info.prompt_text = _prompt_text(dialect, operation, doc)
+    info.max_output = _max_output(dialect, doc)
     return info
+
+
+def _positive_int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def _max_output(dialect: str, doc: dict[str, Any]) -> int | None:
+    """The output cap the request sets: Ollama's options.num_predict (negative: no cap), the
+    OpenAI max_completion_tokens / max_tokens (times `n` choices), the Responses API's
+    max_output_tokens, llama.cpp's n_predict."""
+    if dialect == _OLLAMA:
+        opts = doc.get("options")
+        return _positive_int(opts.get("num_predict")) if isinstance(opts, dict) else None
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens", "n_predict"):
+        if (cap := _positive_int(doc.get(key))) is not None:
+            return cap * (_positive_int(doc.get("n")) or 1)
+    return None
 
 
 def add_include_usage(body: bytes) -> bytes:

@@ -14,6 +14,7 @@ from mitmproxy.test import taddons
 
 from addons.auth import Auth
 from addons.meter import Meter
+from addons.quota import Quota
 from addons.record import Recorder
 from agent import cli, settings
 from agent import config as configmod
@@ -25,6 +26,8 @@ from tests.support.paths import ROOT
 
 # The user-visible names as they were before the table: none may change.
 MITMPROXY_OPTIONS = {
+    "sidemeter_quota_timezone",
+    "sidemeter_quota_default_reservation",
     "sidemeter_auth",
     "sidemeter_header_timeout",
     "sidemeter_idle_timeout",
@@ -97,6 +100,7 @@ CONFIG_KEYS = {
     *("ops_role_claim", "ops_roles", "ops_cors_origins", "probe_interval", "probe_timeout"),
     *("ready_requires_upstream", "health_error_rate_degraded", "health_error_rate_down"),
     *("health_latency_p95_degraded", "health_latency_p95_down", "health_min_requests"),
+    *("quota_timezone", "quota_default_reservation"),
 }
 
 
@@ -115,7 +119,7 @@ def test_the_table_is_consistent() -> None:
 
 def test_config_is_derived_from_the_table() -> None:
     fields = {f.name: f for f in dataclasses.fields(Config)}
-    assert list(fields) == [s.name for s in CONFIG_SETTINGS]
+    assert list(fields) == [*(s.name for s in CONFIG_SETTINGS), "quotas"]  # the [[quotas]] rules
     cfg = Config()
     for s in CONFIG_SETTINGS:
         assert getattr(cfg, s.name) == s.default
@@ -172,8 +176,8 @@ def test_flags_override_the_file_only_when_given(tmp_path: Path, monkeypatch: py
 
 def test_addons_declare_the_options_and_read_them_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIDEMETER_JWT_SECRET", "s" * 32)
-    auth, meter, recorder, limits = Auth(), Meter(), Recorder(), ConnectionLimits()
-    with taddons.context(auth, meter, recorder, limits) as tctx:
+    auth, meter, recorder, limits, quota = Auth(), Meter(), Recorder(), ConnectionLimits(), Quota()
+    with taddons.context(auth, meter, recorder, limits, quota) as tctx:
         options = tctx.options
         declared = {n for n in options.keys() if n.startswith("sidemeter_")}  # noqa: SIM118 (not iterable)
         assert declared == MITMPROXY_OPTIONS
@@ -194,6 +198,8 @@ def test_addons_declare_the_options_and_read_them_back(monkeypatch: pytest.Monke
         assert (meter.inject_usage, meter.capture_prompts) == (False, "full")
         tctx.configure(limits, sidemeter_header_timeout=2.5, sidemeter_max_connections=7)
         assert (limits.header_timeout, limits.max_connections, limits.idle_timeout) == (2.5, 7, 90.0)
+        tctx.configure(quota, sidemeter_quota_default_reservation=77)
+        assert quota.default_reservation == 77 and quota.ledger is not None and not quota.ledger.rules
 
 
 def test_config_init_writes_every_key_with_its_help_variable_and_default(tmp_path: Path) -> None:

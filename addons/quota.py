@@ -1,0 +1,147 @@
+"""Quotas at the door: a request over its user's or team's limit is answered 429 before
+anything goes upstream; every answered request within limits carries the RateLimit-* headers.
+
+Runs after auth (it needs the caller) and the meter (it needs the parsed request: its model,
+prompt and max_tokens), before the recorder; the meter's request hook only reads and edits the
+request, so nothing has gone upstream when this one refuses it. Only inference requests (chat,
+completions, embeddings, responses) count and are limited.
+
+The headers follow draft-ietf-httpapi-ratelimit-headers-06: `RateLimit-Limit`,
+`RateLimit-Remaining` (after this request's reservation) and `RateLimit-Reset` (seconds until
+the window ends) of the caller's limit closest to running out; a 429 also has `Retry-After`.
+
+Standalone: `mitmdump ... -s addons/errors.py -s addons/auth.py -s addons/meter.py
+-s addons/quota.py -s addons/record.py` reads the [[quotas]] rules of ./sidemeter.toml (the
+counters then start empty: only the sidecar rebuilds them from its store).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+
+from addons.errors import refuse
+from addons.flowstate import state_of
+from agent.config import ConfigError, load
+from agent.quota.ledger import Decision, Ledger, Standing, reservation, used_by
+from agent.quota.windows import zone
+from agent.records import Operation
+from agent.settings import declare_options, option_names, read_options
+
+log = logging.getLogger("sidemeter.quota")
+
+QUOTA_EXCEEDED: Final = "quota_exceeded"
+OURS: Final = frozenset({b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset"})
+COUNTED: Final = frozenset({Operation.CHAT, Operation.COMPLETION, Operation.EMBEDDING, Operation.RESPONSES})
+
+
+def rate_limit_headers(shown: Standing, now: float) -> list[tuple[bytes, bytes]]:
+    """The RateLimit-* fields of `shown` (draft-ietf-httpapi-ratelimit-headers-06)."""
+    return [
+        (b"RateLimit-Limit", str(shown.limit.value).encode()),
+        (b"RateLimit-Remaining", str(shown.remaining).encode()),
+        (b"RateLimit-Reset", str(shown.reset_in(now)).encode()),
+    ]
+
+
+def refusal_error(decision: Decision) -> str:
+    """The record's `error` of a refused request: the code, then the rule and limit that refused."""
+    assert decision.refused_by is not None
+    lim = decision.refused_by.limit
+    return f"{QUOTA_EXCEEDED}: rule {decision.rule.name} ({decision.scope}) {lim.key} {lim.value}"
+
+
+class Quota:
+    """Admits or refuses each inference request by the caller's quota rule, and reconciles
+    its reservation with the record's exact counts when the flow ends.
+
+    The runtime passes its ledger (rebuilt from the store); under `mitmdump -s` the rules come
+    from ./sidemeter.toml and the `sidemeter_quota_*` options."""
+
+    def __init__(self, ledger: Ledger | None = None, default_reservation: int = 1024) -> None:
+        self.ledger = ledger
+        self.default_reservation = default_reservation
+        self._from_options = ledger is None
+
+    def load(self, loader: Loader) -> None:
+        declare_options(loader, "quota")  # sidemeter_quota_timezone, sidemeter_quota_default_reservation
+
+    def configure(self, updated: set[str]) -> None:
+        if not self._from_options or not updated & option_names("quota"):
+            return
+        values = read_options(ctx.options, "quota")
+        try:
+            rules = load().quotas
+            tz = zone(values["quota_timezone"])
+        except (ConfigError, ValueError) as e:
+            raise exceptions.OptionsError(f"quotas: {e}") from None
+        self.ledger = Ledger(rules, tz)
+        self.default_reservation = values["quota_default_reservation"]
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        ledger = self.ledger
+        if not ledger or flow.response is not None:
+            return
+        state = state_of(flow)
+        info = state.info
+        if info is None or info.operation not in COUNTED:
+            return
+        rec = state.record
+        amounts = reservation(
+            info.operation, len(info.prompt_text), info.max_output, self.default_reservation
+        )
+        decision = ledger.admit(rec.user, rec.team, amounts)
+        if decision is None:
+            return
+        state.quota = decision
+        refused = decision.refused_by
+        if refused is None:
+            return
+        now = ledger.clock()
+        wait = refused.reset_in(now)
+        lim = refused.limit
+        refuse(
+            flow,
+            429,
+            f"quota exceeded: {lim.key} = {lim.value} of {decision.scope} (rule {decision.rule.name}) "
+            f"is used up; retry in {wait} s",
+        )
+        rec.error = refusal_error(decision)
+        assert flow.response is not None
+        flow.response.headers.fields += (
+            *rate_limit_headers(refused, now),
+            (b"Retry-After", str(wait).encode()),
+        )
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        decision = state_of(flow).quota
+        if decision is None or decision.reservation is None or self.ledger is None:
+            return
+        assert flow.response is not None
+        headers = flow.response.headers
+        # One pass over the fields: the upstream's own RateLimit-* give way to ours.
+        kept = tuple(f for f in headers.fields if f[0].lower() not in OURS)
+        headers.fields = (*kept, *rate_limit_headers(decision.shown, self.ledger.clock()))
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._reconcile(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._reconcile(flow)
+
+    def _reconcile(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        decision = state.quota
+        if decision is None or decision.reservation is None or self.ledger is None:
+            return
+        state.quota = None  # an error after the response must not count it twice
+        rec = state.record
+        self.ledger.reconcile(
+            decision.reservation, used_by(rec.prompt_tokens, rec.completion_tokens, rec.total_tokens)
+        )
+
+
+addons = [Quota()]

@@ -1,0 +1,252 @@
+"""The quota ledger: per-scope counters, reservations of the requests in flight, the admission
+rule. Pure and in memory: the request path never waits on anything.
+
+The rule, per limit of the caller's rule: a request is admitted while the scope's counted usage
+plus the reservations of the requests already in flight is below the limit, and refused once it
+has reached it. Its own reservation never refuses it, so a user sending one request after
+another is refused exactly when the counted usage reaches the limit.
+
+Worst-case overshoot of a limit: every admitted request saw `used + in_flight < limit`, so the
+usage a window ends with is below `limit + R`, where R is the largest reservation of one request
+(its max_tokens, or quota_default_reservation), plus what requests used beyond their
+reservations (a request without max_tokens that answered longer than the default, a prompt
+longer than its estimate). requests_per_minute never overshoots.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Final
+from zoneinfo import ZoneInfo
+
+from agent.quota.rules import INPUT, OUTPUT, REQUESTS, TOTAL, Limit, QuotaRule, RuleIndex
+from agent.quota.windows import bounds
+from agent.records import Operation
+
+Amounts = tuple[int, int, int, int]  # requests, input, output, total tokens
+EMBEDDING: Final = Operation.EMBEDDING
+
+
+class Window:
+    """One fixed window of one scope: usage counted from finished requests, and reserved by
+    the requests in flight."""
+
+    __slots__ = ("end", "reserved", "start", "used")
+
+    def __init__(self, start: float, end: float) -> None:
+        self.start = start
+        self.end = end
+        self.used = [0, 0, 0, 0]
+        self.reserved = [0, 0, 0, 0]
+
+
+class Scope:
+    """The usage one rule counts for one user or team: a window per period the rule limits."""
+
+    __slots__ = ("key", "rule", "windows")
+
+    def __init__(self, rule: QuotaRule, key: str) -> None:
+        self.rule = rule
+        self.key = key
+        self.windows: dict[str, Window] = {}
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~1 µs more a request
+class Standing:
+    """Where one limit of a scope stands: what the RateLimit-* headers and /ops/quotas say."""
+
+    limit: Limit
+    used: int
+    reserved: int
+    reset_at: float  # epoch seconds the window ends
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit.value - self.used - self.reserved)
+
+    def reset_in(self, now: float) -> int:
+        """Whole seconds until the window ends, at least 1 (a client waits until then)."""
+        return max(1, math.ceil(self.reset_at - now))
+
+
+class Reservation:
+    """A request in flight: what it holds in each window until its record reconciles it."""
+
+    __slots__ = ("amounts", "scope", "windows")
+
+    def __init__(self, scope: Scope, windows: tuple[Window, ...], amounts: Amounts) -> None:
+        self.scope = scope
+        self.windows = windows
+        self.amounts = amounts
+
+
+@dataclass(slots=True)
+class Decision:
+    """The answer for one request: admitted (with its reservation) or refused by `refused_by`;
+    `shown` is the standing the RateLimit-* headers report."""
+
+    rule: QuotaRule
+    scope: str
+    shown: Standing
+    reservation: Reservation | None = None
+    refused_by: Standing | None = None
+
+
+class Ledger:
+    """Counters of every scope the rules have met, keyed by (rule, user or team)."""
+
+    def __init__(
+        self,
+        rules: Iterable[QuotaRule],
+        tz: ZoneInfo,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.rules = tuple(rules)
+        self.index = RuleIndex(self.rules)
+        self.tz = tz
+        self.clock = clock
+        self.scopes: dict[tuple[str, str], Scope] = {}
+        self.teams: dict[
+            str, str | None
+        ] = {}  # each user's latest team: whose rule `quota show --user` reads
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    # -- the request path -----------------------------------------------------------
+
+    def admit(self, user: str | None, team: str | None, amounts: Amounts) -> Decision | None:
+        """Admit or refuse a request of `user` in `team` that would use up to `amounts`;
+        None when no rule applies. An admitted request holds `amounts` until `reconcile`."""
+        rule = self.index.match(user, team)
+        if rule is None:
+            return None
+        now = self.clock()
+        if user is not None:
+            self.teams[user] = team
+        scope = self._scope(rule, user, team)
+        windows = scope.windows
+        refused: Standing | None = None
+        tightest: Limit | None = None
+        tightest_left = math.inf
+        for lim in rule.limits:
+            w = windows.get(lim.period)
+            if w is None or now >= w.end:
+                w = self._window(scope, lim.period, now)
+            m = lim.metric
+            taken = w.used[m] + w.reserved[m]
+            if taken >= lim.value:
+                if refused is None or w.end > refused.reset_at:  # Retry-After covers every exhausted limit
+                    refused = Standing(lim, w.used[m], w.reserved[m], w.end)
+            elif refused is None:
+                left = (lim.value - taken - amounts[m]) / lim.value
+                if left < tightest_left:
+                    tightest_left, tightest = left, lim
+        if refused is not None:
+            return Decision(rule, scope.key, refused, refused_by=refused)
+        held = tuple({lim.period: windows[lim.period] for lim in rule.limits}.values())
+        for w in held:
+            r = w.reserved
+            r[0] += amounts[0]
+            r[1] += amounts[1]
+            r[2] += amounts[2]
+            r[3] += amounts[3]
+        assert tightest is not None  # a rule has at least one limit
+        w = windows[tightest.period]
+        shown = Standing(tightest, w.used[tightest.metric], w.reserved[tightest.metric], w.end)
+        return Decision(rule, scope.key, shown, Reservation(scope, held, amounts))
+
+    def reconcile(self, reservation: Reservation, actual: Amounts) -> None:
+        """A request finished having used `actual`: its reservation is released and its usage
+        counted, in the windows it started in (a window that has ended since is gone)."""
+        h0, h1, h2, h3 = reservation.amounts
+        a0, a1, a2, a3 = actual
+        for w in reservation.windows:  # unrolled: this runs once per request
+            r, u = w.reserved, w.used
+            r[0] -= h0
+            r[1] -= h1
+            r[2] -= h2
+            r[3] -= h3
+            u[0] += a0
+            u[1] += a1
+            u[2] += a2
+            u[3] += a3
+
+    # -- start-up and reads ---------------------------------------------------------
+
+    def periods(self) -> set[str]:
+        return {lim.period for rule in self.rules for lim in rule.limits}
+
+    def window_starts(self) -> dict[str, float]:
+        """The start of each current window the rules use (what a rebuild sums from)."""
+        now = self.clock()
+        return {p: bounds(p, now, self.tz)[0] for p in self.periods()}
+
+    def load(self, user: str | None, team: str | None, period: str, amounts: Amounts) -> None:
+        """Count `amounts` of finished requests of `user` in `team` into the current `period`
+        window (the rebuild from the store at start)."""
+        rule = self.index.match(user, team)
+        if rule is None or all(lim.period != period for lim in rule.limits):
+            return
+        if user is not None:
+            self.teams[user] = team
+        w = self._window(self._scope(rule, user, team), period, self.clock())
+        for i in (REQUESTS, INPUT, OUTPUT, TOTAL):
+            w.used[i] += amounts[i]
+
+    def standings(self) -> Iterator[tuple[Scope, list[Standing]]]:
+        """Every scope met so far, with where each of its limits stands now."""
+        for scope in list(self.scopes.values()):
+            yield scope, self.standing_of(scope)
+
+    def standing_of(self, scope: Scope) -> list[Standing]:
+        now = self.clock()
+        out = []
+        for lim in scope.rule.limits:
+            w = self._window(scope, lim.period, now)
+            out.append(Standing(lim, w.used[lim.metric], w.reserved[lim.metric], w.end))
+        return out
+
+    def scope_for(self, user: str | None, team: str | None) -> Scope | None:
+        """The scope whose counters apply to `user` (in `team`; None: their latest team) or to
+        `team` alone (a fresh one, not kept, when it has none yet); None when no rule applies."""
+        if user is not None and team is None:
+            team = self.teams.get(user)
+        rule = self.index.match(user, team)
+        if rule is None or (user is None and rule.team is None):
+            return None  # a team asked about that has no rule of its own
+        key = rule.scope(user, team)
+        return self.scopes.get((rule.name, key)) or Scope(rule, key)
+
+    # -- internals ----------------------------------------------------------------
+
+    def _scope(self, rule: QuotaRule, user: str | None, team: str | None) -> Scope:
+        key = rule.scope(user, team)
+        scope = self.scopes.get((rule.name, key))
+        if scope is None:
+            scope = self.scopes[(rule.name, key)] = Scope(rule, key)
+        return scope
+
+    def _window(self, scope: Scope, period: str, now: float) -> Window:
+        w = scope.windows.get(period)
+        if w is None or now >= w.end:
+            w = scope.windows[period] = Window(*bounds(period, now, self.tz))
+        return w
+
+
+def reservation(operation: str, prompt_chars: int, max_output: int | None, default_output: int) -> Amounts:
+    """What a request holds while it runs: one request, its prompt at ~4 characters a token,
+    and its output cap (`default_output` when it sets none; embeddings generate nothing)."""
+    prompt = -(-prompt_chars // 4)
+    output = 0 if operation == EMBEDDING else (max_output or default_output)
+    return (1, prompt, output, prompt + output)
+
+
+def used_by(prompt_tokens: int | None, completion_tokens: int | None, total_tokens: int | None) -> Amounts:
+    """What a finished request counts: one request and its recorded tokens."""
+    p, c = prompt_tokens or 0, completion_tokens or 0
+    return (1, p, c, total_tokens if total_tokens is not None else p + c)

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Event-loop CPU of the quota check per request, in-process: the four hooks of a plain chat
+request (as in `hook_path.py`) through a sidecar with no [[quotas]] rules and through one whose
+rule matches the caller (a team rule with a requests and a tokens limit, never reached), in
+interleaved rounds of the same run; and the Quota addon's own hooks timed alone (admission,
+the RateLimit-* headers, the reconciliation).
+
+    python -O bench/quota.py            # 5 rounds of 5,000 requests per variant; target <= 10 us
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository
+
+from hook_path import HOOKS, SECRET, make_flow
+from mitmproxy import http
+
+from addons.quota import Quota
+from agent.auth.issue import SigningKey, issue_token
+from agent.config import Config
+from agent.quota.rules import rules_from_tables
+from agent.runtime import Sidecar, new_event_loop
+
+RULES = rules_from_tables(
+    [
+        {
+            "team": "bench-team",
+            "requests_per_minute": 10**12,
+            "tokens_per_minute": 10**12,
+            "tokens_per_day": 10**12,
+        }
+    ]
+)
+TARGET_US = 10.0
+
+
+async def run_hooks(addons: Any, flow: http.HTTPFlow) -> None:
+    """The four hooks as mitmproxy runs them: the response arrives after the request hooks
+    (`make_flow` comes with it, which would make auth and the quota see an answered request)."""
+    answer, flow.response = flow.response, None
+    for hook in HOOKS[:2]:
+        await addons.handle_lifecycle(hook(flow))
+    flow.response = answer
+    for hook in HOOKS[2:]:
+        await addons.handle_lifecycle(hook(flow))
+
+
+async def measure(quotas: bool, requests: int, workdir: Path) -> tuple[float, float]:
+    """(whole hook path, the Quota addon's hooks alone): µs of event-loop thread CPU per request."""
+    config = Config(
+        upstream="http://127.0.0.1:9",
+        listen="127.0.0.1:0",
+        ops_listen="127.0.0.1:0",
+        db=f"sqlite:///{workdir}/usage.db",
+        data_dir=str(workdir),
+        auth="jwt",
+        jwt_secret=SECRET,
+        quotas=RULES if quotas else (),
+        access_log="off",
+    ).validate()
+    sidecar = Sidecar(config)
+    await sidecar.start()
+    try:
+        token = issue_token(SigningKey.from_secret(SECRET), "bench-user", team="bench-team")
+        addons = sidecar.master.addons  # type: ignore[union-attr]
+        quota = next(a for a in sidecar.master.addons.chain if isinstance(a, Quota))  # type: ignore[union-attr]
+        flows = [make_flow(token) for _ in range(requests + 200)]
+        for flow in flows[:200]:  # warm caches (token, index)
+            await run_hooks(addons, flow)
+        start = time.thread_time()
+        for flow in flows[200:]:
+            await run_hooks(addons, flow)
+        whole = (time.thread_time() - start) / requests * 1e6
+        # The addon alone, on flows the other addons have prepared (caller, parsed request, counts).
+        again = [make_flow(token) for _ in range(requests)]
+        for flow in again:
+            await run_hooks(addons, flow)
+            flow.metadata["sidemeter"].quota = None
+        answers = [flow.response for flow in again]
+        for flow in again:
+            flow.response = None
+        start = time.thread_time()
+        for flow, answer in zip(again, answers, strict=True):
+            quota.request(flow)
+            flow.response = answer
+            quota.responseheaders(flow)
+            quota.response(flow)
+        alone = (time.thread_time() - start) / requests * 1e6
+        if quotas:  # the rule matched, every request was admitted and reconciled
+            (scope,) = sidecar.quotas.scopes.values()
+            assert scope.windows["minute"].used[0] == 2 * requests + 200, scope.windows["minute"].used
+        return whole, alone
+    finally:
+        await sidecar.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000, help="requests per round [5000]")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per variant, interleaved [5]")
+    args = parser.parse_args()
+    results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    with (
+        tempfile.TemporaryDirectory(prefix="sidemeter-quota-") as tmp,
+        asyncio.Runner(loop_factory=new_event_loop) as runner,
+    ):
+        for rnd in range(args.rounds):
+            for on in (False, True):
+                workdir = Path(tmp) / f"{rnd}-{on}"
+                results[on].append(runner.run(measure(on, args.requests, workdir)))
+    off = statistics.median(w for w, _ in results[False])
+    on = statistics.median(w for w, _ in results[True])
+    alone = statistics.median(a for _, a in results[True])
+    idle = statistics.median(a for _, a in results[False])
+    print(f"quota check, plain chat request, {args.requests:,} requests x {args.rounds} rounds")
+    print(f"{'variant':<28} {'us/request':>10}   rounds")
+    for name, key, i in (("hook path, quotas off", False, 0), ("hook path, quotas on", True, 0)):
+        rounds = " ".join(f"{r[i]:.1f}" for r in results[key])
+        print(f"{name:<28} {statistics.median(r[i] for r in results[key]):>10.1f}   {rounds}")
+    print(f"{'difference (on - off)':<28} {on - off:>10.1f}")
+    print(f"{'Quota hooks alone, no rules':<28} {idle:>10.2f}")
+    verdict = "within" if alone <= TARGET_US else "OVER"
+    print(f"{'Quota hooks alone, a rule':<28} {alone:>10.2f}   ({verdict} the {TARGET_US:g} us target)")
+
+
+if __name__ == "__main__":
+    main()

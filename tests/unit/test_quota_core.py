@@ -1,0 +1,171 @@
+"""The quota core: rules, windows, the admission rule at its boundary, reservations,
+reconciliation and windows rolling over, on an injected clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from agent.quota.ledger import Ledger, reservation, used_by
+from agent.quota.rules import parse_rules, rules_from_tables
+from agent.quota.windows import bounds, zone
+
+UTC_ZONE = zone("UTC")
+T0 = datetime(2026, 3, 31, 23, 59, 0, tzinfo=UTC).timestamp()  # a minute before day and month end
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def ledger(*tables: dict[str, object], t: float = T0) -> tuple[Ledger, Clock]:
+    clock = Clock(t)
+    return Ledger(rules_from_tables(tables), UTC_ZONE, clock=clock), clock
+
+
+def test_requests_refused_exactly_at_the_limit() -> None:
+    led, _ = ledger({"user": "alice", "requests_per_minute": 3})
+    for n in range(3):
+        d = led.admit("alice", None, (1, 0, 0, 0))
+        assert d is not None and d.refused_by is None, n
+        assert d.shown.remaining == 2 - n  # after this request's own reservation
+        assert d.reservation is not None
+        led.reconcile(d.reservation, (1, 0, 0, 0))
+    refused = led.admit("alice", None, (1, 0, 0, 0))
+    assert refused is not None and refused.refused_by is not None
+    assert refused.refused_by.limit.key == "requests_per_minute" and refused.shown.remaining == 0
+    assert led.admit("bob", None, (1, 0, 0, 0)) is None  # no rule for bob: not counted
+
+
+def test_one_after_another_is_refused_once_counted_usage_reaches_the_limit() -> None:
+    led, _ = ledger({"team": "ml", "tokens_per_minute": 100})
+    d = led.admit("a", "ml", (1, 0, 50, 50))
+    assert d and d.reservation
+    led.reconcile(d.reservation, (1, 10, 89, 99))  # 99 < 100: the next one is still admitted
+    d = led.admit("b", "ml", (1, 0, 50, 50))
+    assert d and d.reservation and d.refused_by is None
+    led.reconcile(d.reservation, (1, 0, 1, 1))  # exactly 100 counted
+    d = led.admit("a", "ml", (1, 0, 1, 1))
+    assert d and d.refused_by is not None and d.scope == "team:ml"
+
+
+def test_reservations_of_other_requests_refuse_but_a_request_s_own_does_not() -> None:
+    led, _ = ledger({"user": "u", "output_tokens_per_minute": 100})
+    big = led.admit("u", None, (1, 0, 500, 500))  # bigger than the limit on its own: admitted
+    assert big and big.refused_by is None
+    assert led.admit("u", None, (1, 0, 1, 1)).refused_by is not None  # type: ignore[union-attr]
+    assert big.reservation
+    led.reconcile(big.reservation, (1, 0, 40, 40))  # it used less: the rest is free again
+    d = led.admit("u", None, (1, 0, 59, 59))
+    assert d and d.refused_by is None and d.shown.remaining == 1
+
+
+def test_concurrent_overshoot_is_at_most_one_reservation() -> None:
+    led, _ = ledger({"user": "u", "output_tokens_per_minute": 1000})
+    held = []
+    for _ in range(50):
+        d = led.admit("u", None, (1, 0, 64, 64))
+        assert d is not None
+        if d.reservation is not None:
+            held.append(d.reservation)
+    assert len(held) == 16  # 15 * 64 = 960 < 1000 admits a 16th; 16 * 64 >= 1000 refuses
+    for r in held:
+        led.reconcile(r, (1, 0, 64, 64))
+    ((_scope, standings),) = led.standings()
+    assert standings[0].used == 1024 < 1000 + 64  # limit + the largest single reservation
+
+
+def test_most_specific_rule_wins() -> None:
+    led, _ = ledger(
+        {"requests_per_minute": 1},
+        {"team": "ml", "requests_per_minute": 2},
+        {"user": "alice", "requests_per_minute": 3},
+    )
+    assert led.index.match("alice", "ml").name == "user:alice"  # type: ignore[union-attr]
+    assert led.index.match("bob", "ml").name == "team:ml"  # type: ignore[union-attr]
+    assert led.index.match("bob", None).name == "everyone"  # type: ignore[union-attr]
+    # the everyone rule counts each user on their own; a team rule the whole team together
+    for user in ("x", "y"):
+        d = led.admit(user, None, (1, 0, 0, 0))
+        assert d and d.refused_by is None and d.scope == f"user:{user}"
+    led.admit("b1", "ml", (1, 0, 0, 0))
+    led.admit("b2", "ml", (1, 0, 0, 0))
+    assert led.admit("b3", "ml", (1, 0, 0, 0)).refused_by is not None  # type: ignore[union-attr]
+
+
+def test_minute_window_rolls_over_and_in_flight_usage_stays_in_its_window() -> None:
+    led, clock = ledger({"user": "u", "requests_per_minute": 1, "tokens_per_day": 1000})
+    first = led.admit("u", None, (1, 0, 10, 10))
+    assert first and first.reservation
+    refused = led.admit("u", None, (1, 0, 10, 10))
+    assert refused and refused.refused_by is not None
+    assert refused.refused_by.reset_in(clock.t) == 60
+    clock.t += 59.5
+    assert led.admit("u", None, (1, 0, 10, 10)).refused_by.reset_in(clock.t) == 1  # type: ignore[union-attr]
+    clock.t = T0 + 60  # 00:00:00 next day, next month: every window is new
+    d = led.admit("u", None, (1, 0, 10, 10))
+    assert d and d.refused_by is None
+    led.reconcile(first.reservation, (1, 0, 300, 300))  # started in the old windows: counted there
+    ((_scope, standings),) = led.standings()
+    assert [(s.limit.key, s.used, s.reserved) for s in standings] == [
+        ("requests_per_minute", 0, 1),
+        ("tokens_per_day", 0, 10),
+    ]
+
+
+def test_day_and_month_windows_follow_the_time_zone() -> None:
+    berlin = zone("Europe/Berlin")
+    t = datetime(2026, 3, 29, 12, tzinfo=UTC).timestamp()  # the day clocks go forward: 23 hours
+    start, end = bounds("day", t, berlin)
+    assert (end - start) / 3600 == 23
+    assert datetime.fromtimestamp(start, berlin).hour == 0 and datetime.fromtimestamp(end, berlin).hour == 0
+    start, end = bounds("month", datetime(2026, 12, 31, 23, 30, tzinfo=UTC).timestamp(), UTC_ZONE)
+    assert (datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)) == (
+        datetime(2026, 12, 1, tzinfo=UTC),
+        datetime(2027, 1, 1, tzinfo=UTC),
+    )
+    assert bounds("minute", 125.5, UTC_ZONE) == (120, 180)
+
+
+def test_reservation_and_usage_amounts() -> None:
+    assert reservation("chat", 9, 100, 1024) == (1, 3, 100, 103)
+    assert reservation("chat", 0, None, 1024) == (1, 0, 1024, 1024)
+    assert reservation("embedding", 8, None, 1024) == (1, 2, 0, 2)
+    assert used_by(5, 7, None) == (1, 5, 7, 12)
+    assert used_by(None, None, None) == (1, 0, 0, 0)
+
+
+def test_bad_rules_are_reported_one_line_each() -> None:
+    problems: list[str] = []
+    rules = parse_rules(
+        [
+            {"team": "ml", "tokens_per_minute": 10},
+            {"user": "a", "team": "b", "requests_per_minute": 1},
+            {"user": "c", "tokens_per_day": 0, "bogus": 1},
+            {"team": "ml", "requests_per_minute": 5},
+            {"user": "d"},
+            {"user": "e", "cost_per_month": 5.0},
+            {"user": "f", "tokens_per_month": True},
+        ],
+        "sidemeter.toml",
+        problems,
+    )
+    assert [r.name for r in rules] == ["team:ml", "team:ml"]
+    text = "\n".join(problems)
+    assert "rule 2: give user or team, not both" in text
+    assert "rule 3: unknown key 'bogus'" in text
+    assert "rule 3: tokens_per_day must be a positive whole number, got 0" in text
+    assert "rule 5: no limit" in text
+    assert "rule 6: cost_per_month needs prices" in text
+    assert "rule 7: tokens_per_month must be a positive whole number, got True" in text
+    assert "two quotas rules match team:ml" in text
+    assert len(problems) == 7
+    with pytest.raises(ValueError):
+        rules_from_tables([{"team": "x"}])
+    problems = []
+    assert parse_rules({"team": "x"}, "f", problems) == () and "list of tables" in problems[0]
