@@ -1,5 +1,5 @@
 """The `sidemeter` command line: the `main` group, with one module per command or group
-(run.py, demo.py, token.py, usage.py, config.py, db.py) and what they share in common.py.
+(run.py, demo.py, token.py, usage.py, stats.py, config.py, db.py) and what they share in common.py.
 `python -m agent.cli` runs it too (__main__.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from agent import __version__
-from agent.cli import config, db, demo, run, token, usage
+from agent.cli import config, db, demo, run, stats, token, usage
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +26,7 @@ for command in (
     demo.demo,
     token.token,
     usage.usage,
+    stats.stats,
     config.config_group,
     db.db,
 ):

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 import peewee
 from playhouse import db_url
 
+from agent.records import utcnow
+from agent.store import rollups
 from agent.store.schema import COLUMNS, MODELS, SCHEMA_VERSION, USAGE_TABLE, SchemaMeta, UsageLog
 
 log = logging.getLogger(__name__)
@@ -205,12 +207,16 @@ def migrate(db: peewee.Database) -> int:
                     f"{where} has usage schema version {found}, newer than this Sidemeter "
                     f"understands ({SCHEMA_VERSION}): upgrade Sidemeter or use another --db"
                 )
-            if db.table_exists(USAGE_TABLE):
+            had_records = db.table_exists(USAGE_TABLE)
+            if had_records:
                 _check_columns(db, where)
                 if found < 2 and isinstance(db, peewee.SqliteDatabase):
                     _rebuild_with_never_reused_ids(db)
             for model in MODELS:
                 peewee.SchemaManager(model, database=db).create_all(safe=True)
+            if had_records and found < 3:
+                rollups.roll_up_hours(db, utcnow())  # schema 2 -> 3: the hours stored so far
+                log.info("usage store %s: schema %d -> 3 (hourly rollups)", where, found)
             # Always a write, even when nothing changed: a read-only database fails here, at
             # start, instead of at the first batch.
             SchemaMeta.insert(version=SCHEMA_VERSION).on_conflict_ignore().bind(db).execute()

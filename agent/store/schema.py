@@ -20,7 +20,8 @@ from agent.durations import as_utc
 from agent.records import FIELD_NAMES, UsageRecord
 
 # 1: the first layout. 2: ids never reused (SQLite AUTOINCREMENT; the rows and ids of version 1 kept).
-SCHEMA_VERSION: Final = 2
+# 3: hourly rollups (`usage_rollups`, `usage_histograms`), backfilled from the stored records.
+SCHEMA_VERSION: Final = 3
 
 
 def ts_to_db(ts: datetime) -> str:
@@ -154,7 +155,58 @@ class SchemaMeta(peewee.Model):
         table_name = "schema_meta"
 
 
-MODELS: Final = (UsageLog, SchemaMeta)
+class UsageRollup(peewee.Model):
+    """Counts and sums of one hour's records for one grouping (`dims`, e.g. "team,model") and
+    one value of each of its dimensions (`k1`, `k2`; "" for none). Written by
+    `agent/store/rollups.py` once the hour is over."""
+
+    dims = peewee.TextField()
+    hour = UTCDateTimeField()
+    k1 = peewee.TextField()
+    k2 = peewee.TextField()
+    requests = peewee.BigIntegerField()
+    errors = peewee.BigIntegerField()
+    tokens_in = peewee.BigIntegerField()
+    tokens_out = peewee.BigIntegerField()
+    cached_tokens = peewee.BigIntegerField()
+    reasoning_tokens = peewee.BigIntegerField()
+    estimated = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "usage_rollups"
+        primary_key = peewee.CompositeKey("dims", "hour", "k1", "k2")
+
+
+class UsageHistogram(peewee.Model):
+    """How many of those records had a `metric` (0 latency_ms, 1 ttft_ms, 2 tokens_per_second)
+    in log-spaced `bucket` (see `agent/store/rollups.py`)."""
+
+    dims = peewee.TextField()
+    hour = UTCDateTimeField()
+    k1 = peewee.TextField()
+    k2 = peewee.TextField()
+    metric = peewee.SmallIntegerField()
+    bucket = peewee.IntegerField()
+    n = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "usage_histograms"
+        primary_key = peewee.CompositeKey("dims", "hour", "k1", "k2", "metric", "bucket")
+
+
+class UsageRollupHour(peewee.Model):
+    """One row per hour whose records are in the rollups (later records of that hour are
+    added as they are written)."""
+
+    hour = UTCDateTimeField(primary_key=True)
+
+    class Meta:
+        table_name = "usage_rollup_hours"
+
+
+MODELS: Final = (UsageLog, SchemaMeta, UsageRollup, UsageHistogram, UsageRollupHour)
+ROLLUP_TABLES: Final = (UsageRollup._meta.table_name, UsageHistogram._meta.table_name)
+ROLLED_HOURS_TABLE: Final = UsageRollupHour._meta.table_name
 USAGE_TABLE: Final = UsageLog._meta.table_name
 COLUMNS: Final[dict[str, peewee.Field]] = UsageLog._meta.fields
 RECORD_COLUMNS: Final = tuple(COLUMNS[name] for name in FIELD_NAMES)

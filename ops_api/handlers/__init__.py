@@ -3,6 +3,6 @@ RouteTableDef) and `OPENAPI` (its part of /ops/openapi.json); `MODULES` lists th
 
 from __future__ import annotations
 
-from ops_api.handlers import probes
+from ops_api.handlers import probes, stats
 
-MODULES = (probes,)
+MODULES = (probes, stats)

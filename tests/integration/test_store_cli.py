@@ -85,6 +85,7 @@ READING_AND_MAINTENANCE = [
     ("db", "prune", "--older-than", "0d", "--yes"),
     ("db", "prune", "--older-than", "1d", "--dry-run"),
     ("db", "reset", "--yes"),
+    ("stats",),
 ]
 
 
@@ -314,10 +315,13 @@ def test_db_migrate_upgrades_a_v1_file_keeping_every_row_and_id(v1_db: Path) -> 
     assert [r[0] for r in before] == [1, 2]
     result = sidemeter("db", "migrate", "--db", url(v1_db))
     assert result.exit_code == 0, result.output
-    assert "schema version 2" in result.stdout
+    assert f"schema version {SCHEMA_VERSION}" in result.stdout
     assert rows(v1_db) == before
     with plain_sqlite(v1_db) as conn:
-        assert conn.execute("SELECT version FROM schema_meta ORDER BY version").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT version FROM schema_meta ORDER BY version").fetchall() == [
+            (1,),
+            (SCHEMA_VERSION,),
+        ]
         ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'usage_logs'").fetchone()[0]
         assert "AUTOINCREMENT" in ddl
         columns = [row[1] for row in conn.execute("PRAGMA table_info('usage_logs')")]

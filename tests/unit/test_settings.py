@@ -80,7 +80,7 @@ CONFIG_KEYS = {
     *("upstream", "listen", "ops_listen", "db", "auth", "jwt_secret", "jwt_secret_file"),
     *("jwt_public_key", "jwks_url", "jwks_file", "jwks_refresh", "jwt_audience", "jwt_issuer"),
     *("jwt_leeway", "team_claim", "require_user_match", "max_token_bytes", "forward_authorization"),
-    *("upstream_api_key", "grace_period", "queue_size", "batch_size", "journal", "capture_prompts"),
+    *("upstream_api_key", "grace_period", "queue_size", "batch_size", "journal", "retention", "capture_prompts"),
     *("body_size_limit", "data_dir", "log_level"),
     "jwt_max_lifetime",
     *("metrics_max_teams", "metrics_max_models", "metrics_user_label", "metrics_max_users"),
