@@ -215,8 +215,8 @@ def migrate(db: peewee.Database) -> int:
             for model in MODELS:
                 peewee.SchemaManager(model, database=db).create_all(safe=True)
             if had_records and found < 3:
-                rollups.roll_up_hours(db, utcnow())  # schema 2 -> 3: the hours stored so far
-                log.info("usage store %s: schema %d -> 3 (hourly rollups)", where, found)
+                rollups.roll_up_periods(db, utcnow())  # schema 2 -> 3: what is stored so far
+                log.info("usage store %s: schema %d -> 3 (rollups)", where, found)
             # Always a write, even when nothing changed: a read-only database fails here, at
             # start, instead of at the first batch.
             SchemaMeta.insert(version=SCHEMA_VERSION).on_conflict_ignore().bind(db).execute()

@@ -1,43 +1,38 @@
-"""Hourly rollups of the usage records, so `/ops/stats` over a day of a million records reads a
-few thousand rows instead of every record.
+"""Rollups of the usage records per 5 minutes and per hour, so `/ops/stats` over a day of a
+million records reads about a thousand rows instead of every record.
 
 For every grouping of zero to two dimensions (`GROUPINGS`: the total, each dimension, each
-pair) and every hour, `usage_rollups` holds the exact counts and sums of that hour's records per
-group, and `usage_histograms` how many of them fell in each log-spaced bucket of latency, time
-to first token and tokens/s. Buckets grow by `GAMMA` (2 %); a bucket's representative value
-is within `RELATIVE_ERROR` (< 1 %) of every value in it, so a percentile read from the buckets
-is within 1 % of the exact one (nearest rank).
+pair) and every period, `usage_rollups` holds the exact counts and sums of the period's records
+per group, and how many of them fell in each log-spaced bucket of latency, time to first token
+and tokens/s. Buckets grow by `GAMMA` (2 %); a bucket's representative value is within
+`RELATIVE_ERROR` (< 1 %) of every value in it, so a percentile read from the buckets is within
+1 % of the exact one (nearest rank).
 
-The writer thread rolls up each hour once, ROLL_DELAY after it ends, with SQL the database runs
-over that hour's records (`roll_up_hours`; `usage_rollup_hours` lists the hours done), so the
-writer's per-batch work stays one INSERT. A record written later for an hour already rolled up
-(a long request, a re-ingested spill file) is added in the transaction that inserts it
+The writer thread rolls up each period once, ROLL_DELAY after it ends (`Rollups.roll_up_due`;
+`usage_rolled_periods` lists the periods done): the database aggregates the period's records
+per full set of dimensions and bucket, and Python folds that into the 22 groupings. So the
+writer's per-batch work stays one INSERT. A record written later for a period already rolled
+up (a long request, a re-ingested spill file) is folded in by the transaction that inserts it
 (`Rollups.add_late`), so the rollups always agree with the records. `db prune` recomputes the
-hour it cuts through (`forget_before`); the v2 -> v3 migration rolls up the hours stored so far.
-The same expressions answer the partial hours at a window's edges from the records themselves
-(`agent/store/stats.py`), so a window is exact to the microsecond.
+periods it cuts through (`forget_before`); the v2 -> v3 migration rolls up what is stored.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
-from collections.abc import Sequence
-from datetime import datetime, timedelta
-from typing import Final
+import operator
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
+import orjson
 import peewee
 
 from agent.durations import as_utc
 from agent.records import Outcome, UsageSource, utcnow
-from agent.store.schema import (
-    ROLLED_HOURS_TABLE,
-    ROLLUP_TABLES,
-    USAGE_TABLE,
-    UsageHistogram,
-    UsageRollup,
-    ts_to_db,
-)
+from agent.store.schema import ROLLED_TABLE, ROLLUP_TABLE, USAGE_TABLE, ts_to_db
 
 DIMENSIONS: Final = ("model", "user", "team", "endpoint", "operation", "outcome")
 GROUPINGS: Final[tuple[tuple[str, ...], ...]] = tuple(
@@ -53,6 +48,7 @@ SUMS: Final = (
     "reasoning_tokens",
     "estimated",
 )
+SPANS: Final = (3600, 300)  # seconds, longest first: a window takes whole hours, then 5 minutes
 
 GAMMA: Final = 1.02
 LN_GAMMA: Final = math.log(GAMMA)
@@ -60,13 +56,15 @@ RELATIVE_ERROR: Final = (GAMMA - 1) / (GAMMA + 1)  # 0.0099: the representative 
 ZERO_BUCKET: Final = -(2**31)  # values <= 0 (and NaN): represented by 0.0
 _HUGE: Final = 1e15  # values above land in one last bucket, so no cast overflows in SQL
 _HUGE_BUCKET: Final = math.floor(math.log(_HUGE) / LN_GAMMA)
-HOUR: Final = timedelta(hours=1)
-# An hour is rolled up this long after it ends, so requests that started in it and finished
-# just after are in its rollup rather than added one batch at a time.
-ROLL_DELAY: Final = timedelta(minutes=5)
-# Records older than the hour that began this long ago may belong to a rolled-up hour (less
-# than ROLL_DELAY: room for clocks of a fleet's sidecars that differ).
-LATE_MARGIN: Final = timedelta(minutes=4)
+
+# A period is rolled up this long after it ends, so most requests that started in it and
+# finished just after are in its rollup rather than folded in one by one.
+ROLL_DELAY: Final = timedelta(minutes=2)
+# Records older than the 5-minute period that began this long ago may belong to a rolled-up
+# period (less than ROLL_DELAY: room for the clocks of a fleet's sidecars to differ).
+LATE_MARGIN: Final = timedelta(minutes=1)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_LOCK_KEY: Final = 0x5D3E7E5  # PostgreSQL advisory lock: rolling up vs. writing late records
 
 
 def grouping_name(dims: Sequence[str]) -> str:
@@ -88,21 +86,31 @@ def bucket_value(bucket: int) -> float:
     of both ends."""
     if bucket == ZERO_BUCKET:
         return 0.0
-    low = GAMMA**bucket
-    return 2 * low * GAMMA / (1 + GAMMA)
+    return 2 * GAMMA**bucket * GAMMA / (1 + GAMMA)
 
 
-def floor_hour(ts: datetime) -> datetime:
-    return ts.replace(minute=0, second=0, microsecond=0)
+def floor_to(ts: datetime, span_s: int) -> datetime:
+    seconds = (as_utc(ts) - _EPOCH) // timedelta(seconds=1)
+    return _EPOCH + timedelta(seconds=seconds - seconds % span_s)
 
 
-def ceil_hour(ts: datetime) -> datetime:
-    start = floor_hour(ts)
-    return start if start == ts else start + HOUR
+def ceil_to(ts: datetime, span_s: int) -> datetime:
+    start = floor_to(ts, span_s)
+    return start if start == ts else start + timedelta(seconds=span_s)
+
+
+def as_datetime(value: object) -> datetime:
+    """A timestamp as the driver returns it (text from SQLite, datetime from PostgreSQL)."""
+    if isinstance(value, datetime):
+        return as_utc(value)
+    return as_utc(datetime.fromisoformat(str(value)))
+
+
+# -- SQL ----------------------------------------------------------------------------------------
 
 
 class RollupSql:
-    """The rollup statements in one database's dialect (SQLite or PostgreSQL)."""
+    """The statements over the records, in one database's dialect (SQLite or PostgreSQL)."""
 
     def __init__(self, db: peewee.Database) -> None:
         self.sqlite = isinstance(db, peewee.SqliteDatabase)
@@ -119,21 +127,29 @@ class RollupSql:
             f"WHEN {c} > 0 THEN CAST(floor(ln({c}) / {LN_GAMMA!r}) AS INTEGER) ELSE {ZERO_BUCKET} END"
         )
 
-    @property
-    def hour(self) -> str:
-        """The start of a record's hour, in the form the rollups store it."""
+    def period(self, span_s: int) -> str:
+        """The start of a record's period, as the rollups store it."""
         ts = self.q("ts")
-        return f"substr({ts}, 1, 13) || ':00:00.000000'" if self.sqlite else f"date_trunc('hour', {ts})"
+        if self.sqlite:
+            if span_s == 3600:
+                return f"substr({ts}, 1, 13) || ':00:00.000000'"
+            epoch = f"CAST(strftime('%s', {ts}) AS INTEGER)"
+            return f"strftime('%Y-%m-%d %H:%M:00.000000', {epoch} / {span_s} * {span_s}, 'unixepoch')"
+        return f"to_timestamp(floor(extract(epoch FROM {ts}) / {span_s}) * {span_s}) AT TIME ZONE 'UTC'"
+
+    def where_ts(self, ranges: int) -> str:
+        """Records in `ranges` [since, until) ranges (two parameters each)."""
+        ts, p = self.q("ts"), self.param
+        return " OR ".join([f"({ts} >= {p} AND {ts} < {p})"] * ranges)
 
     def records(self, where: str) -> str:
-        """`WITH b AS (...)`: the records matching `where`, one row each, with their hour, their
-        dimensions ("" for none), what each adds to the sums, and their buckets."""
+        """`WITH b AS (...)`: the records matching `where`, one row each, with their dimensions
+        ("" for none), what each adds to the sums, and their buckets."""
         q = self.q
-        hour = self.hour
         dims = ", ".join(f"COALESCE({q(d)}, '') AS d_{d}" for d in DIMENSIONS)
         buckets = ", ".join(f"{self._bucket(m)} AS b{i}" for i, m in enumerate(METRICS))
         return (
-            f"WITH b AS MATERIALIZED (SELECT {hour} AS h, {dims}, "
+            f"WITH b AS MATERIALIZED (SELECT {dims}, "
             f"CASE WHEN {q('outcome')} <> '{Outcome.OK.value}' THEN 1 ELSE 0 END AS err, "
             f"COALESCE({q('prompt_tokens')}, 0) AS t_in, COALESCE({q('completion_tokens')}, 0) AS t_out, "
             f"COALESCE({q('cached_tokens')}, 0) AS t_cached, "
@@ -142,189 +158,279 @@ class RollupSql:
             f"{buckets} FROM {q(USAGE_TABLE)} WHERE {where})"
         )
 
-    @staticmethod
-    def keys(dims: Sequence[str]) -> tuple[str, str]:
-        """The select expressions of k1 and k2 for a grouping, over `b`."""
-        ordered = [f"d_{d}" for d in DIMENSIONS if d in dims]
-        ordered += ["''"] * (2 - len(ordered))
-        return ordered[0], ordered[1]
-
-    @staticmethod
-    def sums() -> str:
-        return "COUNT(*), SUM(err), SUM(t_in), SUM(t_out), SUM(t_cached), SUM(t_reasoning), SUM(est)"
-
-    def group_by(self, dims: Sequence[str], *extra: str) -> str:
-        columns = ["h", *(f"d_{d}" for d in DIMENSIONS if d in dims), *extra]
-        return "GROUP BY " + ", ".join(columns)
-
-    def upsert_rollups(self, where: str) -> str:
-        selects = []
-        for dims in GROUPINGS:
-            k1, k2 = self.keys(dims)
-            selects.append(
-                f"SELECT '{grouping_name(dims)}' AS g, h, {k1} AS k1, {k2} AS k2, {self.sums()} "
-                f"FROM b {self.group_by(dims)}"
+    def aggregate(self, where: str, dims: Sequence[str]) -> str:
+        """One statement: per group of `dims` (in DIMENSIONS order), a row of sums
+        (m = -1) and a row per metric and bucket (m = metric, n = count)."""
+        keys = [f"d_{d}" for d in DIMENSIONS if d in dims]
+        select_keys = "".join(f"{k}, " for k in keys)
+        group = f"GROUP BY {', '.join(keys)}" if keys else ""
+        sums = "COUNT(*), SUM(err), SUM(t_in), SUM(t_out), SUM(t_cached), SUM(t_reasoning), SUM(est)"
+        parts = [f"SELECT {select_keys}-1 AS m, 0 AS bucket, {sums} FROM b {group}"]
+        for i in range(len(METRICS)):
+            zeros = ", ".join(["0"] * 6)
+            parts.append(
+                f"SELECT {select_keys}{i}, b{i}, COUNT(*), {zeros} FROM b WHERE b{i} IS NOT NULL "
+                f"GROUP BY {', '.join([*keys, f'b{i}'])}"
             )
-        table = self.q(UsageRollup._meta.table_name)
-        columns = ", ".join(self.q(c) for c in ("dims", "hour", "k1", "k2", *SUMS))
-        updates = ", ".join(f"{self.q(c)} = {table}.{self.q(c)} + excluded.{self.q(c)}" for c in SUMS)
-        # `WHERE true` keeps SQLite from reading ON CONFLICT as a join constraint.
-        return (
-            f"{self.records(where)} INSERT INTO {table} ({columns}) "
-            f"SELECT * FROM ({' UNION ALL '.join(selects)}) AS u WHERE true "
-            f"ON CONFLICT (dims, hour, k1, k2) DO UPDATE SET {updates}"
-        )
-
-    def upsert_histograms(self, where: str) -> str:
-        selects = []
-        for dims in GROUPINGS:
-            k1, k2 = self.keys(dims)
-            for i in range(len(METRICS)):
-                selects.append(
-                    f"SELECT '{grouping_name(dims)}' AS g, h, {k1} AS k1, {k2} AS k2, {i} AS m, "
-                    f"b{i} AS bucket, COUNT(*) AS n FROM b WHERE b{i} IS NOT NULL "
-                    f"{self.group_by(dims, f'b{i}')}"
-                )
-        table = self.q(UsageHistogram._meta.table_name)
-        columns = ", ".join(self.q(c) for c in ("dims", "hour", "k1", "k2", "metric", "bucket", "n"))
-        return (
-            f"{self.records(where)} INSERT INTO {table} ({columns}) "
-            f"SELECT * FROM ({' UNION ALL '.join(selects)}) AS u WHERE true "
-            f"ON CONFLICT (dims, hour, k1, k2, metric, bucket) DO UPDATE SET n = {table}.n + excluded.n"
-        )
+        return f"{self.records(where)} {' UNION ALL '.join(parts)}"
 
 
-_LOCK_KEY: Final = 0x5D3E7E5  # PostgreSQL advisory lock: rolling an hour vs. writing late records
+# -- the aggregate of some records, per grouping ------------------------------------------------
+
+
+class Cell:
+    """The sums and the buckets of one group. A histogram is kept as two parallel lists
+    (bucket, count) that may repeat a bucket: merging rollups is then list.extend, and the
+    percentiles a sort, both in C rather than a Python loop per bucket."""
+
+    __slots__ = ("buckets", "counts", "sums")
+
+    def __init__(self) -> None:
+        self.sums = [0] * len(SUMS)
+        self.buckets: list[list[int]] = [[] for _ in METRICS]
+        self.counts: list[list[int]] = [[] for _ in METRICS]
+
+    def add_sums(self, values: Sequence[Any]) -> None:
+        sums = self.sums
+        for i, v in enumerate(values):
+            sums[i] += int(v or 0)  # PostgreSQL's SUM of BIGINT is a Decimal
+
+    def add_bucket(self, metric: int, bucket: int, n: int) -> None:
+        self.buckets[metric].append(bucket)
+        self.counts[metric].append(n)
+
+    def add_encoded(self, metric: int, text: str | None) -> None:
+        if text:
+            flat = orjson.loads(text)
+            self.buckets[metric] += flat[::2]
+            self.counts[metric] += flat[1::2]
+
+    def merge(self, other: Cell) -> None:
+        self.add_sums(other.sums)
+        for metric in range(len(METRICS)):
+            self.buckets[metric] += other.buckets[metric]
+            self.counts[metric] += other.counts[metric]
+
+    def samples(self, metric: int) -> int:
+        return sum(self.counts[metric])
+
+    def percentile(self, metric: int, q: float) -> float | None:
+        """Nearest rank: the value of the ceil(q% * n)-th smallest sample, from its bucket."""
+        counts = self.counts[metric]
+        total = sum(counts)
+        if not total:
+            return None
+        rank = max(1, math.ceil(q * total / 100))
+        pairs = sorted(zip(self.buckets[metric], counts, strict=True))
+        cumulative = list(itertools.accumulate(map(operator.itemgetter(1), pairs)))
+        return bucket_value(pairs[bisect.bisect_left(cumulative, rank)][0])
+
+    def encoded(self, metric: int) -> str:
+        """JSON `[bucket, count, ...]`, each bucket once, in order."""
+        merged: dict[int, int] = {}
+        for bucket, n in zip(self.buckets[metric], self.counts[metric], strict=True):
+            merged[bucket] = merged.get(bucket, 0) + n
+        return orjson.dumps([x for item in sorted(merged.items()) for x in item]).decode()
+
+
+Key = tuple[str, str, str]  # grouping name, k1, k2
+
+
+def fold(rows: Iterable[Sequence[Any]]) -> dict[Key, Cell]:
+    """Rows of `RollupSql.aggregate` over all of DIMENSIONS, folded into every grouping."""
+    cells: dict[Key, Cell] = {}
+    projections = []
+    for dims in GROUPINGS:
+        positions = [DIMENSIONS.index(d) for d in dims] + [None] * (2 - len(dims))
+        projections.append((grouping_name(dims), positions))
+    width = len(DIMENSIONS)
+    for row in rows:
+        values, metric, bucket = row[:width], row[width], row[width + 1]
+        for name, (a, b) in projections:
+            key = (name, "" if a is None else values[a], "" if b is None else values[b])
+            cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = Cell()
+            if metric < 0:
+                cell.add_sums(row[width + 2 :])
+            else:
+                cell.add_bucket(metric, bucket, int(row[width + 2]))
+    return cells
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+_COLUMNS: Final = ("span_s", "dims", "period", "k1", "k2", *SUMS, *METRICS)
 
 
 def _lock(db: peewee.Database, *, exclusive: bool) -> None:
-    """PostgreSQL (sidecars of a fleet write concurrently): an hour is rolled up while no
+    """PostgreSQL (the sidecars of a fleet write concurrently): a period is rolled up while no
     transaction that may add late records to it is open, and the other way round."""
     if not isinstance(db, peewee.SqliteDatabase):
         kind = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
         db.execute_sql(f"SELECT {kind}({_LOCK_KEY})")
 
 
+def _write(
+    db: peewee.Database, span_s: int, period: datetime, cells: dict[Key, Cell], *, merge: bool
+) -> None:
+    """Insert the cells as rows of (span_s, period); with `merge`, add them to rows there."""
+    sql = RollupSql(db)
+    table, p = sql.q(ROLLUP_TABLE), sql.param
+    when = ts_to_db(period)
+    if merge:
+        for (name, k1, k2), cell in cells.items():
+            row = db.execute_sql(
+                f"SELECT {', '.join(sql.q(c) for c in (*SUMS, *METRICS))} FROM {table} "
+                f"WHERE span_s = {p} AND dims = {p} AND period = {p} AND k1 = {p} AND k2 = {p}",
+                [span_s, name, when, k1, k2],
+            ).fetchone()
+            if row is not None:
+                cell.add_sums(row[: len(SUMS)])
+                for metric, text in enumerate(row[len(SUMS) :]):
+                    cell.add_encoded(metric, text)
+                db.execute_sql(
+                    f"DELETE FROM {table} WHERE span_s = {p} AND dims = {p} AND period = {p} "
+                    f"AND k1 = {p} AND k2 = {p}",
+                    [span_s, name, when, k1, k2],
+                )
+    rows = [
+        [span_s, name, when, k1, k2, *cell.sums, *(cell.encoded(m) for m in range(len(METRICS)))]
+        for (name, k1, k2), cell in cells.items()
+    ]
+    columns, values = ", ".join(sql.q(c) for c in _COLUMNS), ", ".join([p] * len(_COLUMNS))
+    insert = f"INSERT INTO {table} ({columns}) VALUES ({values})"
+    cursor = db.cursor()
+    for start in range(0, len(rows), 500):
+        cursor.executemany(insert, rows[start : start + 500])
+
+
+def _roll_up(db: peewee.Database, span_s: int, period: datetime) -> bool:
+    """Roll up one period in the caller's transaction, unless another process did."""
+    sql = RollupSql(db)
+    _lock(db, exclusive=True)
+    marked = db.execute_sql(
+        f"INSERT INTO {sql.q(ROLLED_TABLE)} (span_s, period) VALUES ({sql.param}, {sql.param}) "
+        "ON CONFLICT DO NOTHING",
+        [span_s, ts_to_db(period)],
+    )
+    if marked.rowcount == 0:
+        return False
+    end = period + timedelta(seconds=span_s)
+    rows = db.execute_sql(sql.aggregate(sql.where_ts(1), DIMENSIONS), [ts_to_db(period), ts_to_db(end)])
+    _write(db, span_s, period, fold(rows), merge=False)
+    return True
+
+
+def roll_up_periods(db: peewee.Database, now: datetime) -> int:
+    """Roll up, for each span, the periods after the last rolled-up one (or from the oldest
+    record) that ended ROLL_DELAY before `now`, each in its own transaction; returns how many."""
+    sql = RollupSql(db)
+    q, p = sql.q, sql.param
+    done = 0
+    for span_s in SPANS:
+        last = db.execute_sql(
+            f"SELECT MAX(period) FROM {q(ROLLED_TABLE)} WHERE span_s = {p}", [span_s]
+        ).fetchone()[0]
+        if last is not None:
+            start = as_datetime(last) + timedelta(seconds=span_s)
+        else:
+            oldest = db.execute_sql(f"SELECT MIN({q('ts')}) FROM {q(USAGE_TABLE)}").fetchone()[0]
+            if oldest is None:
+                continue
+            start = floor_to(as_datetime(oldest), span_s)
+        end = floor_to(as_utc(now) - ROLL_DELAY, span_s)  # periods before this one are due
+        step = timedelta(seconds=span_s)
+        period = start
+        while period + step <= end:
+            with db.atomic():
+                done += _roll_up(db, span_s, period)
+            period += step
+    return done
+
+
+def rolled_periods(db: peewee.Database, span_s: int, since: datetime, until: datetime) -> list[datetime]:
+    """The rolled-up periods of `span_s` that lie within [since, until), in order."""
+    sql = RollupSql(db)
+    p = sql.param
+    last_start = until - timedelta(seconds=span_s)
+    if last_start < since:
+        return []
+    rows = db.execute_sql(
+        f"SELECT period FROM {sql.q(ROLLED_TABLE)} WHERE span_s = {p} AND period >= {p} AND period <= {p} "
+        "ORDER BY period",
+        [span_s, ts_to_db(since), ts_to_db(last_start)],
+    )
+    return [as_datetime(period) for (period,) in rows]
+
+
 class Rollups:
-    """The writer's side: rolls up each hour once it is over (`roll_up_due`), and adds records
-    written later to an hour already rolled up (`add_late`)."""
+    """The writer's side: rolls up the periods that are over, and folds records written
+    later into the periods rolled up already."""
 
     def __init__(self, db: peewee.Database) -> None:
         self.sql = RollupSql(db)
-        p = db.param
-        q = self.sql.q
-        rolled = f"{self.sql.hour} IN (SELECT hour FROM {q(ROLLED_HOURS_TABLE)})"
-        # SQLite has one writer at a time, so a transaction's new ids form one range; on
-        # PostgreSQL other sidecars insert concurrently, so the ids are named one by one.
-        ids = f"id BETWEEN {p} AND {p}" if self.sql.sqlite else f"id = ANY({p})"
-        self._late = f"{ids} AND {rolled}"
-        self.next_roll_at = 0.0  # time.time() of the next hour's end + ROLL_DELAY
+        self.next_roll_at = 0.0  # time.time() of the next period's end + ROLL_DELAY
 
     def begin_write(self, db: peewee.Database) -> None:
         """First thing in a transaction that inserts records."""
         _lock(db, exclusive=False)
 
     def add_late(self, db: peewee.Database, ids: Sequence[int], oldest_ts: str) -> None:
-        """In the inserting transaction: the new records that belong to hours rolled up
-        already. Only records older than the current hour minus LATE_MARGIN can (an hour is
-        rolled up ROLL_DELAY after its end), so most batches skip the statements."""
-        if not ids or oldest_ts >= ts_to_db(floor_hour(utcnow() - LATE_MARGIN)):
+        """In the inserting transaction: fold the new records that belong to rolled-up
+        periods into them. Only records older than the 5-minute period LATE_MARGIN ago can
+        (a period is rolled up ROLL_DELAY after its end), so most batches return at once."""
+        if not ids or oldest_ts >= ts_to_db(floor_to(utcnow() - LATE_MARGIN, min(SPANS))):
             return
-        params: list[object] = [min(ids), max(ids)] if self.sql.sqlite else [list(ids)]
-        cursor = db.cursor()
-        cursor.execute(self.sql.upsert_rollups(self._late), params)
-        cursor.execute(self.sql.upsert_histograms(self._late), params)
+        sql, p = self.sql, self.sql.param
+        ids_where = f"id BETWEEN {p} AND {p}" if sql.sqlite else f"id = ANY({p})"
+        params: list[object] = [min(ids), max(ids)] if sql.sqlite else [list(ids)]
+        for span_s in SPANS:
+            period = sql.period(span_s)
+            rows = db.execute_sql(
+                f"SELECT DISTINCT {period} FROM {sql.q(USAGE_TABLE)} WHERE {ids_where} AND {period} IN "
+                f"(SELECT period FROM {sql.q(ROLLED_TABLE)} WHERE span_s = {span_s})",
+                params,
+            ).fetchall()
+            for (start,) in rows:
+                start_dt = as_datetime(start)
+                where = f"{ids_where} AND {sql.where_ts(1)}"
+                end = start_dt + timedelta(seconds=span_s)
+                cells = fold(
+                    db.execute_sql(
+                        sql.aggregate(where, DIMENSIONS), [*params, ts_to_db(start_dt), ts_to_db(end)]
+                    )
+                )
+                _write(db, span_s, start_dt, cells, merge=True)
 
     def roll_up_due(self, db: peewee.Database) -> int:
-        """Roll up every hour that ended ROLL_DELAY ago and is not rolled up yet, one
-        transaction each; returns how many hours were rolled up."""
-        done = roll_up_hours(db, utcnow())
-        self.next_roll_at = (floor_hour(utcnow()) + HOUR + ROLL_DELAY).timestamp()
+        """Roll up every period that ended ROLL_DELAY ago and is not rolled up yet."""
+        done = roll_up_periods(db, utcnow())
+        span = timedelta(seconds=min(SPANS))
+        self.next_roll_at = (floor_to(utcnow(), min(SPANS)) + span + ROLL_DELAY).timestamp()
         return done
 
 
-def _roll_up_hour(db: peewee.Database, hour: datetime) -> bool:
-    """Roll up one hour in the caller's transaction, unless another process did."""
-    sql = RollupSql(db)
-    _lock(db, exclusive=True)
-    marked = db.execute_sql(
-        f"INSERT INTO {sql.q(ROLLED_HOURS_TABLE)} (hour) VALUES ({sql.param}) ON CONFLICT DO NOTHING",
-        [ts_to_db(hour)],
-    )
-    if marked.rowcount == 0:
-        return False
-    _add_range(db, sql, hour, hour + HOUR)
-    return True
-
-
-def _add_range(db: peewee.Database, sql: RollupSql, since: datetime, until: datetime) -> None:
-    p = sql.param
-    where = f"{sql.q('ts')} >= {p} AND {sql.q('ts')} < {p}"
-    params = [ts_to_db(since), ts_to_db(until)]
-    cursor = db.cursor()
-    cursor.execute(sql.upsert_rollups(where), params)
-    cursor.execute(sql.upsert_histograms(where), params)
-
-
-def roll_up_hours(db: peewee.Database, now: datetime) -> int:
-    """Roll up the hours after the last rolled-up one (or from the oldest record) that ended
-    ROLL_DELAY before `now`, each in its own transaction; returns how many were rolled up."""
-    sql = RollupSql(db)
-    q = sql.q
-    last = db.execute_sql(f"SELECT MAX(hour) FROM {q(ROLLED_HOURS_TABLE)}").fetchone()[0]
-    if last is not None:
-        start = _as_datetime(last) + HOUR
-    else:
-        oldest = db.execute_sql(f"SELECT MIN({q('ts')}) FROM {q(USAGE_TABLE)}").fetchone()[0]
-        if oldest is None:
-            return 0
-        start = floor_hour(_as_datetime(oldest))
-    end = floor_hour(now - ROLL_DELAY)  # hours before this one have ended ROLL_DELAY ago
-    done = 0
-    hour = start
-    while hour + HOUR <= end:
-        with db.atomic():
-            done += _roll_up_hour(db, hour)
-        hour += HOUR
-    return done
-
-
-def _as_datetime(value: object) -> datetime:
-    """A timestamp as the driver returns it (text from SQLite, datetime from PostgreSQL)."""
-    if isinstance(value, datetime):
-        return as_utc(value)
-    return as_utc(datetime.fromisoformat(str(value)))
-
-
-def rolled_hours(db: peewee.Database, since: datetime, until: datetime) -> list[datetime]:
-    """The rolled-up hours that start in [since, until), in order."""
-    sql = RollupSql(db)
-    p = sql.param
-    rows = db.execute_sql(
-        f"SELECT hour FROM {sql.q(ROLLED_HOURS_TABLE)} WHERE hour >= {p} AND hour < {p} ORDER BY hour",
-        [ts_to_db(since), ts_to_db(until)],
-    )
-    return [_as_datetime(hour) for (hour,) in rows]
-
-
-def _delete(db: peewee.Database, condition: str, params: Sequence[object], tables: Sequence[str]) -> None:
-    sql = RollupSql(db)
-    for table in tables:
-        db.execute_sql(f"DELETE FROM {sql.q(table)} WHERE {condition}", list(params))
+def _delete(db: peewee.Database, table: str, condition: str, params: Sequence[object]) -> None:
+    db.execute_sql(f"DELETE FROM {RollupSql(db).q(table)} WHERE {condition}", list(params))
 
 
 def forget_before(db: peewee.Database, before: datetime | None) -> None:
     """In the transaction that deleted the records older than `before` (all, when None):
-    drop their hours from the rollups, and recompute the hour `before` cuts through from the
-    records that are left."""
-    everything = (*ROLLUP_TABLES, ROLLED_HOURS_TABLE)
+    drop their periods from the rollups, and recompute the periods `before` cuts through
+    from the records that are left."""
     if before is None:
-        _delete(db, "1 = 1", (), everything)
+        _delete(db, ROLLUP_TABLE, "1 = 1", ())
+        _delete(db, ROLLED_TABLE, "1 = 1", ())
         return
     before = as_utc(before)
-    start = floor_hour(before)
-    _delete(db, f"hour < {db.param}", (ts_to_db(start),), everything)
-    if start != before and rolled_hours(db, start, start + HOUR):
-        _lock(db, exclusive=True)
-        _delete(db, f"hour = {db.param}", (ts_to_db(start),), ROLLUP_TABLES)
-        _add_range(db, RollupSql(db), start, start + HOUR)
+    p = db.param
+    for span_s in SPANS:
+        start = floor_to(before, span_s)
+        for table in (ROLLUP_TABLE, ROLLED_TABLE):
+            _delete(db, table, f"span_s = {p} AND period < {p}", (span_s, ts_to_db(start)))
+        if start != before and rolled_periods(db, span_s, start, start + timedelta(seconds=span_s)):
+            _lock(db, exclusive=True)
+            _delete(db, ROLLUP_TABLE, f"span_s = {p} AND period = {p}", (span_s, ts_to_db(start)))
+            _delete(db, ROLLED_TABLE, f"span_s = {p} AND period = {p}", (span_s, ts_to_db(start)))
+            _roll_up(db, span_s, start)

@@ -20,7 +20,8 @@ from agent.durations import as_utc
 from agent.records import FIELD_NAMES, UsageRecord
 
 # 1: the first layout. 2: ids never reused (SQLite AUTOINCREMENT; the rows and ids of version 1 kept).
-# 3: hourly rollups (`usage_rollups`, `usage_histograms`), backfilled from the stored records.
+# 3: rollups per 5 minutes and per hour (`usage_rollups`, `usage_rolled_periods`), made from the
+#    stored records.
 SCHEMA_VERSION: Final = 3
 
 
@@ -156,12 +157,15 @@ class SchemaMeta(peewee.Model):
 
 
 class UsageRollup(peewee.Model):
-    """Counts and sums of one hour's records for one grouping (`dims`, e.g. "team,model") and
-    one value of each of its dimensions (`k1`, `k2`; "" for none). Written by
-    `agent/store/rollups.py` once the hour is over."""
+    """The records of one period (`span_s` seconds from `period`: 300 or 3600) for one grouping
+    (`dims`, e.g. "team,model") and one value of each of its dimensions (`k1`, `k2`; "" for
+    none): exact counts and sums, and how many values of latency, TTFT and tokens/s fell in
+    each log-spaced bucket (JSON `[bucket, count, ...]`). Written by `agent/store/rollups.py`
+    once the period is over."""
 
+    span_s = peewee.IntegerField()
     dims = peewee.TextField()
-    hour = UTCDateTimeField()
+    period = UTCDateTimeField()
     k1 = peewee.TextField()
     k2 = peewee.TextField()
     requests = peewee.BigIntegerField()
@@ -171,42 +175,30 @@ class UsageRollup(peewee.Model):
     cached_tokens = peewee.BigIntegerField()
     reasoning_tokens = peewee.BigIntegerField()
     estimated = peewee.BigIntegerField()
+    latency_ms = peewee.TextField()
+    ttft_ms = peewee.TextField()
+    tokens_per_second = peewee.TextField()
 
     class Meta:
         table_name = "usage_rollups"
-        primary_key = peewee.CompositeKey("dims", "hour", "k1", "k2")
+        primary_key = peewee.CompositeKey("span_s", "dims", "period", "k1", "k2")
 
 
-class UsageHistogram(peewee.Model):
-    """How many of those records had a `metric` (0 latency_ms, 1 ttft_ms, 2 tokens_per_second)
-    in log-spaced `bucket` (see `agent/store/rollups.py`)."""
-
-    dims = peewee.TextField()
-    hour = UTCDateTimeField()
-    k1 = peewee.TextField()
-    k2 = peewee.TextField()
-    metric = peewee.SmallIntegerField()
-    bucket = peewee.IntegerField()
-    n = peewee.BigIntegerField()
-
-    class Meta:
-        table_name = "usage_histograms"
-        primary_key = peewee.CompositeKey("dims", "hour", "k1", "k2", "metric", "bucket")
-
-
-class UsageRollupHour(peewee.Model):
-    """One row per hour whose records are in the rollups (later records of that hour are
+class UsageRolledPeriod(peewee.Model):
+    """One row per period whose records are in the rollups (records written later for it are
     added as they are written)."""
 
-    hour = UTCDateTimeField(primary_key=True)
+    span_s = peewee.IntegerField()
+    period = UTCDateTimeField()
 
     class Meta:
-        table_name = "usage_rollup_hours"
+        table_name = "usage_rolled_periods"
+        primary_key = peewee.CompositeKey("span_s", "period")
 
 
-MODELS: Final = (UsageLog, SchemaMeta, UsageRollup, UsageHistogram, UsageRollupHour)
-ROLLUP_TABLES: Final = (UsageRollup._meta.table_name, UsageHistogram._meta.table_name)
-ROLLED_HOURS_TABLE: Final = UsageRollupHour._meta.table_name
+MODELS: Final = (UsageLog, SchemaMeta, UsageRollup, UsageRolledPeriod)
+ROLLUP_TABLE: Final = UsageRollup._meta.table_name
+ROLLED_TABLE: Final = UsageRolledPeriod._meta.table_name
 USAGE_TABLE: Final = UsageLog._meta.table_name
 COLUMNS: Final[dict[str, peewee.Field]] = UsageLog._meta.fields
 RECORD_COLUMNS: Final = tuple(COLUMNS[name] for name in FIELD_NAMES)

@@ -1,17 +1,16 @@
 """Usage statistics over a time window, per group: what `/ops/stats` and `sidemeter stats`
 answer.
 
-Whole hours come from the rollups (`agent/store/rollups.py`), the partial hours at the window's
-edges from the records, with the same SQL expressions, so counts and sums are exact for any
-window. Percentiles (nearest rank) come from the rollups' log-spaced buckets and are within
-`PERCENTILE_ERROR` of the exact ones.
+Whole hours, then whole 5-minute periods, come from the rollups (`agent/store/rollups.py`);
+the rest of the window (the minutes at its edges, periods not rolled up yet) from the records,
+with the same SQL expressions, so counts and sums are exact for any window. Percentiles
+(nearest rank) come from log-spaced buckets and are within `PERCENTILE_ERROR` of the exact ones.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -22,17 +21,16 @@ from agent.durations import as_utc, parse_duration
 from agent.records import utcnow
 from agent.store.rollups import (
     DIMENSIONS,
-    HOUR,
     METRICS,
     RELATIVE_ERROR,
+    SPANS,
+    SUMS,
+    Cell,
     RollupSql,
-    bucket_value,
-    ceil_hour,
-    floor_hour,
     grouping_name,
-    rolled_hours,
+    rolled_periods,
 )
-from agent.store.schema import UsageHistogram, UsageRollup, ts_to_db
+from agent.store.schema import ROLLUP_TABLE, ts_to_db
 
 PERCENTILE_ERROR: Final = 0.01  # the bound promised to callers; the buckets give RELATIVE_ERROR
 assert RELATIVE_ERROR <= PERCENTILE_ERROR
@@ -149,35 +147,7 @@ def parse_group_by(text: str | None) -> tuple[str, ...]:
 # -- computing ------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class _Group:
-    sums: list[int] = dataclasses.field(default_factory=lambda: [0] * 7)
-    histograms: list[dict[int, int]] = dataclasses.field(default_factory=lambda: [{} for _ in METRICS])
-
-    def add_sums(self, values: Sequence[Any]) -> None:
-        for i, v in enumerate(values):
-            self.sums[i] += int(v or 0)  # PostgreSQL's SUM of BIGINT is a Decimal
-
-    def add_bucket(self, metric: int, bucket: int, n: Any) -> None:
-        hist = self.histograms[metric]
-        hist[bucket] = hist.get(bucket, 0) + int(n)
-
-
-def _percentile(hist: dict[int, int], q: int) -> float | None:
-    """Nearest rank: the value of the ceil(q% * n)-th smallest sample, from its bucket."""
-    total = sum(hist.values())
-    if not total:
-        return None
-    rank = max(1, math.ceil(q * total / 100))
-    seen = 0
-    for bucket in sorted(hist):
-        seen += hist[bucket]
-        if seen >= rank:
-            return float(f"{bucket_value(bucket):.6g}")
-    raise AssertionError("unreachable")
-
-
-def _stats(group: _Group) -> dict[str, Any]:
+def _stats(group: Cell) -> dict[str, Any]:
     requests, errors, tokens_in, tokens_out, cached, reasoning, estimated = group.sums
     out: dict[str, Any] = {
         "requests": requests,
@@ -191,8 +161,12 @@ def _stats(group: _Group) -> dict[str, Any]:
         "estimated_share": estimated / requests if requests else 0.0,
     }
     for i, metric in enumerate(METRICS):
-        out[metric] = {f"p{q}": _percentile(group.histograms[i], q) for q in _PERCENTILES[metric]}
+        out[metric] = {f"p{q}": _rounded(group.percentile(i, q)) for q in _PERCENTILES[metric]}
     return out
+
+
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else float(f"{x:.6g}")
 
 
 def _number(x: float) -> float | int:
@@ -208,68 +182,57 @@ class _Reader:
         self.db = db
         self.sql = RollupSql(db)
         self.canonical = tuple(d for d in DIMENSIONS if d in group_by)
-        self.groups: dict[tuple[str, str], _Group] = {}
+        self.groups: dict[tuple[str, str], Cell] = {}
 
-    def group(self, k1: str, k2: str) -> _Group:
+    def group(self, k1: str, k2: str) -> Cell:
         key = (k1, k2)
         found = self.groups.get(key)
         if found is None:
-            found = self.groups[key] = _Group()
+            found = self.groups[key] = Cell()
         return found
 
-    def add_hours(self, start: datetime, end: datetime) -> None:
-        """Whole hours [start, end) from the rollups."""
+    def add_periods(self, span_s: int, periods: Sequence[datetime]) -> None:
+        """Rolled-up periods, from the rollups."""
         q, p = self.sql.q, self.sql.param
-        where = f"dims = {p} AND hour >= {p} AND hour < {p}"
-        params = [grouping_name(self.canonical), ts_to_db(start), ts_to_db(end)]
-        sums = ", ".join(
-            f"SUM({q(c)})"
-            for c in (
-                "requests",
-                "errors",
-                "tokens_in",
-                "tokens_out",
-                "cached_tokens",
-                "reasoning_tokens",
-                "estimated",
-            )
+        columns = ", ".join(q(c) for c in ("k1", "k2", *SUMS, *METRICS))
+        width = len(SUMS)
+        query = (
+            f"SELECT {columns} FROM {q(ROLLUP_TABLE)} "
+            f"WHERE span_s = {p} AND dims = {p} AND period >= {p} AND period <= {p}"
         )
-        rollups = q(UsageRollup._meta.table_name)
-        for k1, k2, *values in self.db.execute_sql(
-            f"SELECT k1, k2, {sums} FROM {rollups} WHERE {where} GROUP BY k1, k2", params
-        ):
-            self.group(k1, k2).add_sums(values)
-        histograms = q(UsageHistogram._meta.table_name)
-        for k1, k2, metric, bucket, n in self.db.execute_sql(
-            f"SELECT k1, k2, metric, bucket, SUM(n) FROM {histograms} WHERE {where} "
-            "GROUP BY k1, k2, metric, bucket",
-            params,
-        ):
-            self.group(k1, k2).add_bucket(metric, bucket, n)
+        for first, last in _runs(periods, timedelta(seconds=span_s)):
+            params = [span_s, grouping_name(self.canonical), ts_to_db(first), ts_to_db(last)]
+            for k1, k2, *values in self.db.execute_sql(query, params):
+                cell = self.group(k1, k2)
+                cell.add_sums(values[:width])
+                for metric, text in enumerate(values[width:]):
+                    cell.add_encoded(metric, text)
 
     def add_records(self, ranges: Sequence[tuple[datetime, datetime]]) -> None:
-        """The records in these ranges (the window's partial hours), with the rollups' own
+        """The records in these ranges (the window's partial periods), with the rollups' own
         expressions."""
-        q, p = self.sql.q, self.sql.param
-        where = " OR ".join(f"({q('ts')} >= {p} AND {q('ts')} < {p})" for _ in ranges)
         params = [ts_to_db(ts) for span in ranges for ts in span]
-        cte = self.sql.records(where)
-        k1, k2 = self.sql.keys(self.canonical)
-        keys = [f"d_{d}" for d in self.canonical]
-        group_by = ("GROUP BY " + ", ".join(keys)) if keys else ""
-        for row in self.db.execute_sql(
-            f"{cte} SELECT {k1}, {k2}, {self.sql.sums()} FROM b {group_by}", params
-        ):
-            self.group(row[0], row[1]).add_sums(row[2:])
-        selects = [
-            f"SELECT {k1} AS k1, {k2} AS k2, {i} AS m, b{i} AS bucket, COUNT(*) AS n FROM b "
-            f"WHERE b{i} IS NOT NULL GROUP BY {', '.join([*keys, f'b{i}'])}"
-            for i in range(len(METRICS))
-        ]
-        for k1_value, k2_value, metric, bucket, n in self.db.execute_sql(
-            f"{cte} {' UNION ALL '.join(selects)}", params
-        ):
-            self.group(k1_value, k2_value).add_bucket(metric, bucket, n)
+        sql = self.sql.aggregate(self.sql.where_ts(len(ranges)), self.canonical)
+        n = len(self.canonical)
+        for row in self.db.execute_sql(sql, params):
+            keys = [*row[:n], "", ""]
+            cell = self.group(keys[0], keys[1])
+            metric = row[n]
+            if metric < 0:
+                cell.add_sums(row[n + 2 :])
+            else:
+                cell.add_bucket(metric, row[n + 1], int(row[n + 2]))
+
+
+def _runs(periods: Sequence[datetime], step: timedelta) -> list[tuple[datetime, datetime]]:
+    """Consecutive periods as (first, last) pairs."""
+    runs: list[tuple[datetime, datetime]] = []
+    for period in periods:
+        if runs and runs[-1][1] + step == period:
+            runs[-1] = (runs[-1][0], period)
+        else:
+            runs.append((period, period))
+    return runs
 
 
 @contextlib.contextmanager
@@ -281,19 +244,30 @@ def _snapshot(db: peewee.Database) -> Iterator[None]:
         yield
 
 
-def _uncovered(
-    since: datetime, until: datetime, hours: Sequence[datetime]
-) -> list[tuple[datetime, datetime]]:
-    """[since, until) without the given whole hours, as ranges."""
-    ranges: list[tuple[datetime, datetime]] = []
-    start = since
-    for hour in hours:
-        if start < hour:
-            ranges.append((start, hour))
-        start = hour + HOUR
-    if start < until:
-        ranges.append((start, until))
-    return ranges
+def _plan(
+    db: peewee.Database, since: datetime, until: datetime
+) -> tuple[list[tuple[int, list[datetime]]], list[tuple[datetime, datetime]]]:
+    """Which rolled-up periods cover the window (whole hours first, then 5 minutes in the
+    gaps), and the ranges left to read from the records."""
+    gaps = [(since, until)]
+    covered: list[tuple[int, list[datetime]]] = []
+    for span_s in SPANS:
+        step = timedelta(seconds=span_s)
+        taken: list[datetime] = []
+        rest: list[tuple[datetime, datetime]] = []
+        for start, end in gaps:
+            periods = rolled_periods(db, span_s, start, end)
+            taken += periods
+            cursor = start
+            for period in periods:
+                if cursor < period:
+                    rest.append((cursor, period))
+                cursor = period + step
+            if cursor < end:
+                rest.append((cursor, end))
+        covered.append((span_s, taken))
+        gaps = rest
+    return covered, gaps
 
 
 def compute_stats(
@@ -303,33 +277,30 @@ def compute_stats(
     group_by: Sequence[str] = (),
     *,
     snapshot: bool = True,
+    rollups: bool = True,
 ) -> dict[str, Any]:
     """Requests, errors, tokens and latency, TTFT and tokens/s percentiles of the records with
     `since <= ts < until`, in total and per group of `group_by` (0-2 of DIMENSIONS; a value
     that is missing or empty is reported as null). Groups are sorted by requests, most first.
     `snapshot=False` for a connection shared with the writer (`:memory:`), which must not
-    open a transaction of its own."""
+    open a transaction of its own. `rollups=False` reads every record (the reference the
+    tests and the bench compare with)."""
     since, until = as_utc(since), as_utc(until)
     reader = _Reader(db, group_by)
     with _snapshot(db) if snapshot else contextlib.nullcontext():
-        first, last = ceil_hour(since), floor_hour(until)
-        rolled = rolled_hours(db, first, last) if first < last else []
-        if rolled:
-            reader.add_hours(first, last)  # only rolled-up hours have rollup rows
-        raw = _uncovered(since, until, rolled)
+        covered, raw = _plan(db, since, until) if rollups else ([], [(since, until)])
+        for span_s, periods in covered:
+            reader.add_periods(span_s, periods)
         if raw:
             reader.add_records(raw)
 
-    total = _Group()
+    total = Cell()
     groups = []
     position = {d: i for i, d in enumerate(reader.canonical)}
     for (k1, k2), group in reader.groups.items():
         if not group.sums[0]:
             continue
-        total.add_sums(group.sums)
-        for metric, hist in enumerate(group.histograms):
-            for bucket, n in hist.items():
-                total.add_bucket(metric, bucket, n)
+        total.merge(group)
         values = (k1, k2)
         key = {d: (values[position[d]] or None) for d in group_by}
         groups.append({"key": key, **_stats(group)})
