@@ -12,6 +12,7 @@ the same counts and sums, and percentiles within the promised error.
     python bench/stats.py                           # 10k and 1M records
     python bench/stats.py --sizes 10000,1000000,10000000
     python bench/stats.py --pg postgresql://bench@127.0.0.1:55432/bench
+    python bench/stats.py --keep /tmp/stats-bench   # fill once, time again later
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import math
 import random
+import socket
 import statistics
 import sys
 import tempfile
@@ -163,11 +165,17 @@ def reset(db: peewee.Database) -> None:
         db.execute_sql(f"DELETE FROM {table}")
 
 
-def bench_size(url: str, n: int, runs: int) -> dict[str, float]:
+def bench_size(url: str, n: int, runs: int, reuse: bool = False) -> dict[str, float]:
     db = open_database(url)
     migrate(db)
-    reset(db)
-    inserted, rolled = fill(db, n)
+    # --proxy adds records to a kept store: reuse it while it holds at least n.
+    if reuse and db.execute_sql(f"SELECT COUNT(*) FROM {USAGE_TABLE}").fetchone()[0] >= n:
+        started = time.perf_counter()
+        roll_up_periods(db, utcnow())  # the periods that ended since the last run
+        inserted, rolled = float("nan"), time.perf_counter() - started
+    else:
+        reset(db)
+        inserted, rolled = fill(db, n)
     now = utcnow()
     since = now - timedelta(hours=24)
     figures: dict[str, float] = {"insert_us": inserted / n * 1e6, "rollup_s": rolled}
@@ -185,11 +193,108 @@ def bench_size(url: str, n: int, runs: int) -> dict[str, float]:
     return figures
 
 
+async def _ready(session: aiohttp.ClientSession, url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            async with session.get(url) as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
+
+
+async def proxy_overhead(
+    db_url: str, pollers: int, interval: float, requests: int
+) -> list[tuple[str, float]]:
+    """The proxy's added p50 (via the sidecar minus direct to the simulated server, requests
+    alternating, concurrency 1), without and with `pollers` clients polling /ops/stats every
+    `interval` s; the sidecar and the server are subprocesses, as in production."""
+    python = sys.executable
+    up_port, port, ops_port = (free_port() for _ in range(3))
+    with tempfile.TemporaryDirectory() as data:
+        procs = [
+            await asyncio.create_subprocess_exec(
+                python, "-m", "agent.cli", "mock-upstream", "--dialect", "openai",
+                "--listen", f"127.0.0.1:{up_port}",
+            ),
+            await asyncio.create_subprocess_exec(
+                python, "-m", "agent.cli", "run", "--upstream", f"http://127.0.0.1:{up_port}",
+                "--listen", f"127.0.0.1:{port}", "--ops-listen", f"127.0.0.1:{ops_port}", "--db", db_url,
+                "--data-dir", data, "--auth", "off", "--log-level", "warning",
+            ),
+        ]  # fmt: skip
+        try:
+            async with aiohttp.ClientSession() as session:
+                await _ready(session, f"http://127.0.0.1:{ops_port}/readyz")
+                body = {
+                    "model": "sim-model",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 4,
+                }
+
+                async def timed(base: str) -> float:
+                    t0 = time.perf_counter()
+                    async with session.post(base + "/v1/chat/completions", json=body) as r:
+                        await r.read()
+                        assert r.status == 200
+                    return (time.perf_counter() - t0) * 1000
+
+                async def added(n: int) -> float:
+                    direct, proxied = [], []
+                    for _ in range(n):
+                        direct.append(await timed(f"http://127.0.0.1:{up_port}"))
+                        proxied.append(await timed(f"http://127.0.0.1:{port}"))
+                    return statistics.median(proxied) - statistics.median(direct)
+
+                polls = 0
+
+                async def poll() -> None:
+                    nonlocal polls
+                    url = f"http://127.0.0.1:{ops_port}/ops/stats?window=24h&group_by=team,model"
+                    while True:
+                        async with session.get(url) as r:
+                            await r.read()
+                        polls += 1
+                        await asyncio.sleep(interval)
+
+                await added(50)  # warm-up
+                out = []
+                for _ in range(2):  # interleaved, so drift of the box hits both alike
+                    out.append(("without polling", await added(requests)))
+                    tasks = [asyncio.create_task(poll()) for _ in range(pollers)]
+                    out.append((f"{pollers} pollers every {interval}s", await added(requests)))
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                out.append(("polls answered", float(polls)))
+                return out
+        finally:
+            for proc in procs:
+                proc.terminate()
+                await proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,1000000", help="record counts [10000,1000000]")
     parser.add_argument("--runs", type=int, default=15, help="timed runs per figure [15]")
     parser.add_argument("--pg", help="a throwaway PostgreSQL database URL instead of SQLite files")
+    parser.add_argument("--keep", help="keep the SQLite files in this folder and reuse them next time")
+    parser.add_argument("--proxy", action="store_true", help="also: the proxy's added p50 with stats polling")
+    parser.add_argument("--pollers", type=int, default=4, help="with --proxy: clients polling /ops/stats [4]")
+    parser.add_argument(
+        "--interval", type=float, default=0.5, help="with --proxy: seconds between polls [0.5]"
+    )
+    parser.add_argument("--requests", type=int, default=300, help="with --proxy: requests per phase [300]")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"/ops/stats over 24 h of records, p50 of {args.runs} runs (raw: of 3 at >= 1M), ms:")
@@ -200,8 +305,8 @@ def main() -> None:
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            url = args.pg or f"sqlite:///{tmp}/stats-{n}.db"
-            f = bench_size(url, n, args.runs)
+            url = args.pg or f"sqlite:///{args.keep or tmp}/stats-{n}.db"
+            f = bench_size(url, n, args.runs, reuse=bool(args.keep) and not args.pg)
             print(
                 f"{n:>10,} | {f['insert_us']:>13.1f} | {f['rollup_s']:>9.1f} | {f['raw total']:>9.1f} "
                 f"| {f['raw team,model']:>8.1f} | {f['rollups total']:>13.1f} "
@@ -209,6 +314,15 @@ def main() -> None:
                 f"| {f['http total']:>10.1f} | {f['http team,model']:>8.1f}",
                 flush=True,
             )
+            if args.proxy:
+                figures = asyncio.run(proxy_overhead(url, args.pollers, args.interval, args.requests))
+                for name, value in figures:
+                    print(
+                        f"{'':>10}   proxy added p50, {name}: {value:.3f}"
+                        if name != "polls answered"
+                        else f"{'':>10}   /ops/stats polls answered meanwhile: {value:.0f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-import operator
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -56,6 +55,7 @@ RELATIVE_ERROR: Final = (GAMMA - 1) / (GAMMA + 1)  # 0.0099: the representative 
 ZERO_BUCKET: Final = -(2**31)  # values <= 0 (and NaN): represented by 0.0
 _HUGE: Final = 1e15  # values above land in one last bucket, so no cast overflows in SQL
 _HUGE_BUCKET: Final = math.floor(math.log(_HUGE) / LN_GAMMA)
+_COUNT_MASK: Final = (1 << 32) - 1  # a count in one cell of one period stays far below
 
 # A period is rolled up this long after it ends, so most requests that started in it and
 # finished just after are in its rollup rather than folded in one by one.
@@ -214,16 +214,23 @@ class Cell:
     def samples(self, metric: int) -> int:
         return sum(self.counts[metric])
 
-    def percentile(self, metric: int, q: float) -> float | None:
+    def percentiles(self, metric: int, qs: Sequence[float]) -> list[float | None]:
         """Nearest rank: the value of the ceil(q% * n)-th smallest sample, from its bucket."""
         counts = self.counts[metric]
         total = sum(counts)
         if not total:
-            return None
-        rank = max(1, math.ceil(q * total / 100))
-        pairs = sorted(zip(self.buckets[metric], counts, strict=True))
-        cumulative = list(itertools.accumulate(map(operator.itemgetter(1), pairs)))
-        return bucket_value(pairs[bisect.bisect_left(cumulative, rank)][0])
+            return [None] * len(qs)
+        # One int per (bucket, count), ordered by bucket: sorting ints beats sorting tuples.
+        keys = sorted(
+            [(b - ZERO_BUCKET) << 32 | c for b, c in zip(self.buckets[metric], counts, strict=True)]
+        )
+        cumulative = list(itertools.accumulate([k & _COUNT_MASK for k in keys]))
+        out: list[float | None] = []
+        for q in qs:
+            rank = max(1, math.ceil(q * total / 100))
+            key = keys[bisect.bisect_left(cumulative, rank)]
+            out.append(bucket_value((key >> 32) + ZERO_BUCKET))
+        return out
 
     def encoded(self, metric: int) -> str:
         """JSON `[bucket, count, ...]`, each bucket once, in order."""

@@ -161,7 +161,8 @@ def _stats(group: Cell) -> dict[str, Any]:
         "estimated_share": estimated / requests if requests else 0.0,
     }
     for i, metric in enumerate(METRICS):
-        out[metric] = {f"p{q}": _rounded(group.percentile(i, q)) for q in _PERCENTILES[metric]}
+        qs = _PERCENTILES[metric]
+        out[metric] = {f"p{q}": _rounded(v) for q, v in zip(qs, group.percentiles(i, qs), strict=True)}
     return out
 
 
