@@ -19,8 +19,6 @@ from urllib.parse import urlsplit, urlunsplit
 import peewee
 from playhouse import db_url
 
-from agent.records import utcnow
-from agent.store import rollups
 from agent.store.schema import COLUMNS, MODELS, SCHEMA_VERSION, USAGE_TABLE, SchemaMeta, UsageLog
 
 log = logging.getLogger(__name__)
@@ -207,16 +205,14 @@ def migrate(db: peewee.Database) -> int:
                     f"{where} has usage schema version {found}, newer than this Sidemeter "
                     f"understands ({SCHEMA_VERSION}): upgrade Sidemeter or use another --db"
                 )
-            had_records = db.table_exists(USAGE_TABLE)
-            if had_records:
+            if db.table_exists(USAGE_TABLE):
                 _check_columns(db, where)
                 if found < 2 and isinstance(db, peewee.SqliteDatabase):
                     _rebuild_with_never_reused_ids(db)
             for model in MODELS:
                 peewee.SchemaManager(model, database=db).create_all(safe=True)
-            if had_records and found < 3:
-                rollups.roll_up_periods(db, utcnow())  # schema 2 -> 3: what is stored so far
-                log.info("usage store %s: schema %d -> 3 (rollups)", where, found)
+            # Schema 2 -> 3 adds the rollup tables; the writer fills them from the stored
+            # records a few periods at a time (a big store would hold the start for minutes).
             # Always a write, even when nothing changed: a read-only database fails here, at
             # start, instead of at the first batch.
             SchemaMeta.insert(version=SCHEMA_VERSION).on_conflict_ignore().bind(db).execute()

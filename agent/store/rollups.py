@@ -14,7 +14,8 @@ per full set of dimensions and bucket, and Python folds that into the 22 groupin
 writer's per-batch work stays one INSERT. A record written later for a period already rolled
 up (a long request, a re-ingested spill file) is folded in by the transaction that inserts it
 (`Rollups.add_late`), so the rollups always agree with the records. `db prune` recomputes the
-periods it cuts through (`forget_before`); the v2 -> v3 migration rolls up what is stored.
+periods it cuts through (`forget_before`). After the v2 -> v3 migration the writer rolls up
+the stored records a few periods at a time; until then a window reads them directly.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ ROLL_DELAY: Final = timedelta(minutes=2)
 # Records older than the 5-minute period that began this long ago may belong to a rolled-up
 # period (less than ROLL_DELAY: room for the clocks of a fleet's sidecars to differ).
 LATE_MARGIN: Final = timedelta(minutes=1)
+ROLLS_PER_TURN: Final = 4  # periods the writer rolls up between two batches
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _LOCK_KEY: Final = 0x5D3E7E5  # PostgreSQL advisory lock: rolling up vs. writing late records
 
@@ -329,9 +331,10 @@ def _roll_up(db: peewee.Database, span_s: int, period: datetime) -> bool:
     return True
 
 
-def roll_up_periods(db: peewee.Database, now: datetime) -> int:
+def roll_up_periods(db: peewee.Database, now: datetime, limit: int | None = None) -> int:
     """Roll up, for each span, the periods after the last rolled-up one (or from the oldest
-    record) that ended ROLL_DELAY before `now`, each in its own transaction; returns how many."""
+    record) that ended ROLL_DELAY before `now`, each in its own transaction, at most `limit`
+    of them; returns how many."""
     sql = RollupSql(db)
     q, p = sql.q, sql.param
     done = 0
@@ -350,6 +353,8 @@ def roll_up_periods(db: peewee.Database, now: datetime) -> int:
         step = timedelta(seconds=span_s)
         period = start
         while period + step <= end:
+            if limit is not None and done >= limit:
+                return done
             with db.atomic():
                 done += _roll_up(db, span_s, period)
             period += step
@@ -411,10 +416,15 @@ class Rollups:
                 _write(db, span_s, start_dt, cells, merge=True)
 
     def roll_up_due(self, db: peewee.Database) -> int:
-        """Roll up every period that ended ROLL_DELAY ago and is not rolled up yet."""
-        done = roll_up_periods(db, utcnow())
-        span = timedelta(seconds=min(SPANS))
-        self.next_roll_at = (floor_to(utcnow(), min(SPANS)) + span + ROLL_DELAY).timestamp()
+        """Roll up periods that ended ROLL_DELAY ago and are not rolled up yet, a few at a
+        time: a store upgraded with months of records catches up between batches instead of
+        holding the writer for minutes."""
+        done = roll_up_periods(db, utcnow(), limit=ROLLS_PER_TURN)
+        if done >= ROLLS_PER_TURN:
+            self.next_roll_at = 0.0  # more are due: next turn
+        else:
+            span = timedelta(seconds=min(SPANS))
+            self.next_roll_at = (floor_to(utcnow(), min(SPANS)) + span + ROLL_DELAY).timestamp()
         return done
 
 
