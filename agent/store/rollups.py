@@ -53,10 +53,13 @@ SPANS: Final = (3600, 300)  # seconds, longest first: a window takes whole hours
 GAMMA: Final = 1.02
 LN_GAMMA: Final = math.log(GAMMA)
 RELATIVE_ERROR: Final = (GAMMA - 1) / (GAMMA + 1)  # 0.0099: the representative is 2ab/(a+b)
-ZERO_BUCKET: Final = -(2**31)  # values <= 0 (and NaN): represented by 0.0
+ZERO_BUCKET: Final = -40_000  # values <= 0 (and NaN), represented by 0.0; 5e-324 is bucket -37,640
 _HUGE: Final = 1e15  # values above land in one last bucket, so no cast overflows in SQL
 _HUGE_BUCKET: Final = math.floor(math.log(_HUGE) / LN_GAMMA)
-_COUNT_MASK: Final = (1 << 32) - 1  # a count in one cell of one period stays far below
+# A histogram is a list of ints, one per bucket: (bucket - ZERO_BUCKET) << _SHIFT | count. Merging
+# is list.extend and sorting orders by bucket, all in C (orjson reads them as ints, < 2**57).
+_SHIFT: Final = 40
+_COUNT_MASK: Final = (1 << _SHIFT) - 1
 
 # A period is rolled up this long after it ends, so most requests that started in it and
 # finished just after are in its rollup rather than folded in one by one.
@@ -181,16 +184,15 @@ class RollupSql:
 
 
 class Cell:
-    """The sums and the buckets of one group. A histogram is kept as two parallel lists
-    (bucket, count) that may repeat a bucket: merging rollups is then list.extend, and the
-    percentiles a sort, both in C rather than a Python loop per bucket."""
+    """The sums and the buckets of one group. A histogram is a list of ints that may repeat a
+    bucket (see _SHIFT): merging rollups is list.extend and the percentiles one sort, both in
+    C rather than a Python loop per bucket."""
 
-    __slots__ = ("buckets", "counts", "sums")
+    __slots__ = ("histograms", "sums")
 
     def __init__(self) -> None:
         self.sums = [0] * len(SUMS)
-        self.buckets: list[list[int]] = [[] for _ in METRICS]
-        self.counts: list[list[int]] = [[] for _ in METRICS]
+        self.histograms: list[list[int]] = [[] for _ in METRICS]
 
     def add_sums(self, values: Sequence[Any]) -> None:
         sums = self.sums
@@ -198,48 +200,38 @@ class Cell:
             sums[i] += int(v or 0)  # PostgreSQL's SUM of BIGINT is a Decimal
 
     def add_bucket(self, metric: int, bucket: int, n: int) -> None:
-        self.buckets[metric].append(bucket)
-        self.counts[metric].append(n)
+        self.histograms[metric].append((bucket - ZERO_BUCKET) << _SHIFT | n)
 
     def add_encoded(self, metric: int, text: str | None) -> None:
         if text:
-            flat = orjson.loads(text)
-            self.buckets[metric] += flat[::2]
-            self.counts[metric] += flat[1::2]
+            self.histograms[metric] += orjson.loads(text)
 
     def merge(self, other: Cell) -> None:
         self.add_sums(other.sums)
-        for metric in range(len(METRICS)):
-            self.buckets[metric] += other.buckets[metric]
-            self.counts[metric] += other.counts[metric]
-
-    def samples(self, metric: int) -> int:
-        return sum(self.counts[metric])
+        for metric, hist in enumerate(other.histograms):
+            self.histograms[metric] += hist
 
     def percentiles(self, metric: int, qs: Sequence[float]) -> list[float | None]:
         """Nearest rank: the value of the ceil(q% * n)-th smallest sample, from its bucket."""
-        counts = self.counts[metric]
-        total = sum(counts)
-        if not total:
+        keys = sorted(self.histograms[metric])
+        cumulative = list(itertools.accumulate(map(_COUNT_MASK.__and__, keys)))
+        if not cumulative or not cumulative[-1]:
             return [None] * len(qs)
-        # One int per (bucket, count), ordered by bucket: sorting ints beats sorting tuples.
-        keys = sorted(
-            [(b - ZERO_BUCKET) << 32 | c for b, c in zip(self.buckets[metric], counts, strict=True)]
-        )
-        cumulative = list(itertools.accumulate([k & _COUNT_MASK for k in keys]))
+        total = cumulative[-1]
         out: list[float | None] = []
         for q in qs:
             rank = max(1, math.ceil(q * total / 100))
             key = keys[bisect.bisect_left(cumulative, rank)]
-            out.append(bucket_value((key >> 32) + ZERO_BUCKET))
+            out.append(bucket_value((key >> _SHIFT) + ZERO_BUCKET))
         return out
 
     def encoded(self, metric: int) -> str:
-        """JSON `[bucket, count, ...]`, each bucket once, in order."""
+        """JSON list of the histogram's ints, each bucket once, in order."""
         merged: dict[int, int] = {}
-        for bucket, n in zip(self.buckets[metric], self.counts[metric], strict=True):
-            merged[bucket] = merged.get(bucket, 0) + n
-        return orjson.dumps([x for item in sorted(merged.items()) for x in item]).decode()
+        for key in self.histograms[metric]:
+            bucket = key >> _SHIFT
+            merged[bucket] = merged.get(bucket, 0) + (key & _COUNT_MASK)
+        return orjson.dumps([b << _SHIFT | n for b, n in sorted(merged.items())]).decode()
 
 
 Key = tuple[str, str, str]  # grouping name, k1, k2
@@ -326,9 +318,36 @@ def _roll_up(db: peewee.Database, span_s: int, period: datetime) -> bool:
     if marked.rowcount == 0:
         return False
     end = period + timedelta(seconds=span_s)
-    rows = db.execute_sql(sql.aggregate(sql.where_ts(1), DIMENSIONS), [ts_to_db(period), ts_to_db(end)])
-    _write(db, span_s, period, fold(rows), merge=False)
+    parts = [s for s in SPANS if s < span_s and span_s % s == 0]
+    if parts and len(rolled_periods(db, parts[0], period, end)) == span_s // parts[0]:
+        cells = _merged(db, parts[0], period, end)  # an hour: its twelve 5-minute rollups
+    else:
+        rows = db.execute_sql(sql.aggregate(sql.where_ts(1), DIMENSIONS), [ts_to_db(period), ts_to_db(end)])
+        cells = fold(rows)
+    _write(db, span_s, period, cells, merge=False)
     return True
+
+
+def _merged(db: peewee.Database, span_s: int, since: datetime, until: datetime) -> dict[Key, Cell]:
+    """The rollups of span_s periods in [since, until), merged per group: cheaper than
+    folding the records again, and the same figures (late records go into both spans)."""
+    sql = RollupSql(db)
+    p = sql.param
+    columns = ", ".join(sql.q(c) for c in ("dims", "k1", "k2", *SUMS, *METRICS))
+    cells: dict[Key, Cell] = {}
+    width = len(SUMS)
+    for dims, k1, k2, *values in db.execute_sql(
+        f"SELECT {columns} FROM {sql.q(ROLLUP_TABLE)} WHERE span_s = {p} AND period >= {p} AND period < {p}",
+        [span_s, ts_to_db(since), ts_to_db(until)],
+    ):
+        key = (dims, k1, k2)
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = Cell()
+        cell.add_sums(values[:width])
+        for metric, text in enumerate(values[width:]):
+            cell.add_encoded(metric, text)
+    return cells
 
 
 def roll_up_periods(db: peewee.Database, now: datetime, limit: int | None = None) -> int:
@@ -338,7 +357,7 @@ def roll_up_periods(db: peewee.Database, now: datetime, limit: int | None = None
     sql = RollupSql(db)
     q, p = sql.q, sql.param
     done = 0
-    for span_s in SPANS:
+    for span_s in sorted(SPANS):  # 5 minutes first: an hour is made of its twelve
         last = db.execute_sql(
             f"SELECT MAX(period) FROM {q(ROLLED_TABLE)} WHERE span_s = {p}", [span_s]
         ).fetchone()[0]
@@ -442,7 +461,7 @@ def forget_before(db: peewee.Database, before: datetime | None) -> None:
         return
     before = as_utc(before)
     p = db.param
-    for span_s in SPANS:
+    for span_s in sorted(SPANS):  # 5 minutes first: an hour may be made of them
         start = floor_to(before, span_s)
         for table in (ROLLUP_TABLE, ROLLED_TABLE):
             _delete(db, table, f"span_s = {p} AND period < {p}", (span_s, ts_to_db(start)))

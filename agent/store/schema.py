@@ -160,7 +160,7 @@ class UsageRollup(peewee.Model):
     """The records of one period (`span_s` seconds from `period`: 300 or 3600) for one grouping
     (`dims`, e.g. "team,model") and one value of each of its dimensions (`k1`, `k2`; "" for
     none): exact counts and sums, and how many values of latency, TTFT and tokens/s fell in
-    each log-spaced bucket (JSON `[bucket, count, ...]`). Written by `agent/store/rollups.py`
+    each log-spaced bucket (a JSON list, see `agent/store/rollups.py`). Written by that module
     once the period is over."""
 
     span_s = peewee.IntegerField()
