@@ -1,11 +1,15 @@
 """`GET /ops/stats`: requests, errors, tokens and latency percentiles over a window, in total
-and per group. The query runs in a worker thread on its own connection: it never stalls the
-proxy's event loop."""
+and per group. The query runs in a worker thread on its own connection, so it never stalls the
+proxy's event loop; and an answer is reused for CACHE_S seconds by every caller that asks the
+same question, so many dashboard panels polling at once cost one query, not one each (the
+query's Python work holds the GIL the proxy needs)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import time
+import weakref
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -18,6 +22,13 @@ from ops_api.openapi import error_responses, json_content
 from ops_api.view import SIDECAR
 
 routes = web.RouteTableDef()
+
+CACHE_S: Final = 5.0
+_Key = tuple[str | None, str | None, str | None, tuple[str, ...]]
+# Per app: the question -> (when it was asked, the answer being computed or computed).
+_CACHES: weakref.WeakKeyDictionary[web.Application, dict[_Key, tuple[float, asyncio.Future[Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _query(url: str, window: Window, group_by: tuple[str, ...]) -> dict[str, Any]:
@@ -43,13 +54,31 @@ async def stats(request: web.Request) -> web.Response:
         group_by = parse_group_by(query.get("group_by"))
     except StatsError as e:
         raise OpsError(400, str(e), allowed=e.allowed) from None
+    key = (query.get("window"), query.get("since"), query.get("until"), group_by)
+    cache = _CACHES.setdefault(request.app, {})
+    now = time.monotonic()
+    for stale in [k for k, (at, _) in cache.items() if now - at > CACHE_S]:
+        del cache[stale]
+    hit = cache.get(key)
+    if hit is None:
+        future = asyncio.ensure_future(_compute(side, window, group_by))
+        cache[key] = (now, future)
+    else:
+        future = hit[1]
+    try:
+        body = await asyncio.shield(future)  # a caller hanging up does not cancel the others'
+    except Exception:
+        cache.pop(key, None)
+        raise
+    return web.json_response(body)
+
+
+async def _compute(side: Any, window: Window, group_by: tuple[str, ...]) -> dict[str, Any]:
     if not side.store.db.thread_safe:  # `:memory:`: one connection, shared with the writer
-        body = await asyncio.to_thread(
+        return await asyncio.to_thread(
             compute_stats, side.store.db, window.since, window.until, group_by, snapshot=False
         )
-    else:
-        body = await asyncio.to_thread(_query, side.config.db, window, group_by)
-    return web.json_response(body)
+    return await asyncio.to_thread(_query, side.config.db, window, group_by)
 
 
 _PERCENTILES = {

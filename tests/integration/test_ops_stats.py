@@ -203,3 +203,26 @@ async def test_an_idle_sidecar_answers_zeros_and_null_percentiles(ollama_side: R
     body = r.json()
     assert body["window_s"] == 900 and body["groups"] == []
     assert body["total"]["requests"] == 0 and body["total"]["latency_ms"]["p99"] is None
+
+
+async def test_panels_asking_the_same_question_at_once_cost_one_query(
+    ollama_side: RunningSidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ops_api.handlers import stats as handler
+
+    computed: list[tuple[str, ...]] = []
+
+    def counting(*args: Any, **kw: Any) -> dict[str, Any]:
+        computed.append(tuple(args[3]))
+        return compute_stats(*args, **kw)
+
+    compute_stats = handler.compute_stats
+    monkeypatch.setattr(handler, "compute_stats", counting)
+    answers = await asyncio.gather(
+        *(stats(ollama_side, window="24h", group_by="team,model") for _ in range(8))
+    )
+    assert {r.status_code for r in answers} == {200}
+    assert len({r.text for r in answers}) == 1
+    assert computed == [("team", "model")]
+    other = await stats(ollama_side, window="24h", group_by="model")
+    assert other.status_code == 200 and computed == [("team", "model"), ("model",)]
