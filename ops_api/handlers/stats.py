@@ -7,14 +7,16 @@ query's Python work holds the GIL the proxy needs)."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import weakref
 from typing import Any, Final
 
+import peewee
 from aiohttp import web
 
 from agent.durations import parse_duration
-from agent.store.database import open_database
+from agent.store.database import StoreError, first_line, open_database
 from agent.store.rollups import DIMENSIONS
 from agent.store.stats import WINDOWS, StatsError, Window, compute_stats, parse_group_by, resolve_window
 from ops_api.errors import OpsError
@@ -67,7 +69,10 @@ async def stats(request: web.Request) -> web.Response:
         future = hit[1]
     try:
         body = await asyncio.shield(future)  # a caller hanging up does not cancel the others'
-    except Exception:
+    except (StoreError, peewee.PeeweeException, sqlite3.Error) as e:
+        cache.pop(key, None)
+        raise OpsError(503, f"the usage store cannot be read: {first_line(e)}") from None
+    except BaseException:
         cache.pop(key, None)
         raise
     return web.json_response(body)
@@ -185,7 +190,7 @@ OPENAPI: dict[str, Any] = {
                 ],
                 "responses": {
                     "200": json_content(STATS_RESPONSE_SCHEMA, "The statistics"),
-                    **error_responses(400, 401, 403),
+                    **error_responses(400, 401, 403, 503),
                 },
             }
         }

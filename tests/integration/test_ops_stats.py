@@ -12,6 +12,7 @@ import random
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -226,3 +227,10 @@ async def test_panels_asking_the_same_question_at_once_cost_one_query(
     assert computed == [("team", "model")]
     other = await stats(ollama_side, window="24h", group_by="model")
     assert other.status_code == 200 and computed == [("team", "model"), ("model",)]
+
+
+async def test_a_store_that_cannot_be_read_is_a_json_503(ollama_side: RunningSidecar) -> None:
+    Path(ollama_side.sidecar.config.db.split(":///", 1)[1]).unlink()  # e.g. a volume gone away
+    r = await stats(ollama_side, window="1h")
+    assert r.status_code == 503
+    assert r.json()["error"]["type"] == "unavailable" and "usage store" in r.json()["error"]["message"]
