@@ -236,6 +236,16 @@ def test_prune_dry_run_only_counts(tmp_path: Path) -> None:
     assert ids_and_request_ids(path) == before
 
 
+def test_prune_deletes_what_is_older_than_the_retention_setting_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "usage.db"
+    store_records(path, aged(24 * 40, 24 * 20, 1))
+    assert "1 of 3" in sidemeter("db", "prune", "--db", url(path), "--dry-run").stdout  # 30d
+    monkeypatch.setenv("SIDEMETER_RETENTION", "7d")
+    assert "2 of 3" in sidemeter("db", "prune", "--db", url(path), "--dry-run").stdout
+
+
 def test_reset_asks_with_the_count_and_deletes_on_yes(tmp_path: Path) -> None:
     path = tmp_path / "usage.db"
     store_records(path, aged(2, 1))
