@@ -262,6 +262,7 @@ def fold(rows: Iterable[Sequence[Any]]) -> dict[Key, Cell]:
 # -- writing ------------------------------------------------------------------------------------
 
 _COLUMNS: Final = ("span_s", "dims", "period", "k1", "k2", *SUMS, *METRICS)
+_ROWS_PER_INSERT: Final = 999 // len(_COLUMNS)  # within the oldest SQLite's parameter limit
 
 
 def _lock(db: peewee.Database, *, exclusive: bool) -> None:
@@ -299,11 +300,14 @@ def _write(
         [span_s, name, when, k1, k2, *cell.sums, *(cell.encoded(m) for m in range(len(METRICS)))]
         for (name, k1, k2), cell in cells.items()
     ]
-    columns, values = ", ".join(sql.q(c) for c in _COLUMNS), ", ".join([p] * len(_COLUMNS))
-    insert = f"INSERT INTO {table} ({columns}) VALUES ({values})"
+    # Multi-row VALUES: PostgreSQL's driver runs executemany as one round trip per row.
+    columns = ", ".join(sql.q(c) for c in _COLUMNS)
+    group = "(" + ", ".join([p] * len(_COLUMNS)) + ")"
     cursor = db.cursor()
-    for start in range(0, len(rows), 500):
-        cursor.executemany(insert, rows[start : start + 500])
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        values = ", ".join([group] * len(chunk))
+        cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {values}", [v for row in chunk for v in row])
 
 
 def _roll_up(db: peewee.Database, span_s: int, period: datetime) -> bool:
