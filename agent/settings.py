@@ -358,6 +358,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", int, 500, "store",
             "Records written per transaction.",
             checks=(positive,)),
+    Setting("retention", str, "30d", "store",
+            "How long usage records are kept: the longest window /ops/stats and `sidemeter stats` "
+            "answer, and the default age `sidemeter db prune` deletes.",
+            checks=(duration,), metavar="DURATION"),
     Setting("journal", bool, True, "store",
             "Append each record to a journal in data_dir/spill before it is queued, so a crash of "
             "the process loses no finished request's record (README: Durability).",

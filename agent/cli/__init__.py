@@ -1,14 +1,13 @@
 """The `sidemeter` command line: the `main` group, with one module per command or group
-(run.py, demo.py, simulate.py, smoke.py, token.py, usage.py, requests.py, config.py, db.py,
-quota.py) and
-what they share in common.py. `python -m agent.cli` runs it too (__main__.py)."""
+(run.py, demo.py, simulate.py, smoke.py, token.py, usage.py, requests.py, stats.py, config.py,
+db.py, quota.py) and what they share in common.py. `python -m agent.cli` runs it too (__main__.py)."""
 
 from __future__ import annotations
 
 import click
 
 from agent import __version__
-from agent.cli import config, db, demo, quota, requests, run, simulate, smoke, token, usage
+from agent.cli import config, db, demo, quota, requests, run, simulate, smoke, stats, token, usage
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,6 +27,7 @@ for command in (
     token.token,
     usage.usage,
     requests.requests,
+    stats.stats,
     config.config_group,
     db.db,
     simulate.simulate,

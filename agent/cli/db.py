@@ -28,10 +28,14 @@ def db_migrate(config_path: str | None, db_url: str | None) -> None:
 @db.command("prune")
 @CONFIG_OPTION
 @click.option("--db", "db_url", help="Usage store URL [default: from config].")
-@click.option("--older-than", required=True, help="Delete records older than this, e.g. 30d.")
+@click.option(
+    "--older-than", help="Delete records older than this, e.g. 30d [default: the retention setting]."
+)
 @click.option("--yes", is_flag=True, help="Do not ask, even when every record would be deleted.")
 @click.option("--dry-run", is_flag=True, help="Only count the records that would be deleted.")
-def db_prune(config_path: str | None, db_url: str | None, older_than: str, yes: bool, dry_run: bool) -> None:
+def db_prune(
+    config_path: str | None, db_url: str | None, older_than: str | None, yes: bool, dry_run: bool
+) -> None:
     """Delete usage records older than --older-than.
 
     Asks first when that would delete every record. Upgrades the schema first, as the
@@ -41,11 +45,12 @@ def db_prune(config_path: str | None, db_url: str | None, older_than: str, yes: 
     from agent.store.database import describe, migrate
     from agent.store.queries import count_records, delete_records
 
+    cfg, database = _open(config_path, db_url)
     try:
-        cutoff = utcnow() - parse_duration(older_than)
+        cutoff = utcnow() - parse_duration(older_than or cfg.retention)
     except (ValueError, OverflowError) as e:
+        database.close()
         _fail(f"--older-than: {e}")
-    _, database = _open(config_path, db_url)
     when = cutoff.strftime("%Y-%m-%d %H:%M:%S UTC")
     with _db_errors(database, "pruning"):
         matching, total = count_records(database, before=cutoff), count_records(database)

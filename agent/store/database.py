@@ -211,6 +211,8 @@ def migrate(db: peewee.Database) -> int:
                     _rebuild_with_never_reused_ids(db)
             for model in MODELS:
                 peewee.SchemaManager(model, database=db).create_all(safe=True)
+            # Schema 2 -> 3 adds the rollup tables; the writer fills them from the stored
+            # records a few periods at a time (a big store would hold the start for minutes).
             # Always a write, even when nothing changed: a read-only database fails here, at
             # start, instead of at the first batch.
             SchemaMeta.insert(version=SCHEMA_VERSION).on_conflict_ignore().bind(db).execute()

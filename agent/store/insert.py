@@ -30,6 +30,10 @@ class MultiRowInsert:
         q0, q1 = db.quote[0], db.quote[1]
         columns = ", ".join(f"{q0}{name}{q1}" for name in FIELD_NAMES)
         self.head = f"INSERT INTO {q0}{USAGE_TABLE}{q1} ({columns}) VALUES "
+        # The new ids feed the rollups. SQLite: one writer at a time, so a statement's rows
+        # get consecutive ids ending at lastrowid; PostgreSQL: RETURNING names them.
+        self.sqlite = isinstance(db, peewee.SqliteDatabase)
+        self.tail = "" if self.sqlite else " RETURNING id"
         self.group = "(" + ", ".join([db.param] * len(FIELD_NAMES)) + ")"
         most = self.ROWS_PER_STATEMENT
         if isinstance(db, peewee.SqliteDatabase):  # SQLite caps the parameters per statement
@@ -52,13 +56,21 @@ class MultiRowInsert:
     def sql(self, rows: int) -> str:
         text = self._sql.get(rows)
         if text is None:
-            text = self._sql[rows] = self.head + ", ".join([self.group] * rows)
+            text = self._sql[rows] = self.head + ", ".join([self.group] * rows) + self.tail
         return text
 
-    def run(self, db: peewee.Database, rows: list[list[Any]]) -> None:
+    def run(self, db: peewee.Database, rows: list[list[Any]]) -> list[int]:
+        """Insert the rows in the caller's transaction; returns their new ids."""
         cursor = db.cursor()
         start = 0
+        ids: list[int] = []
         for size in self.sizes(len(rows)):
             chunk = rows[start : start + size]
             start += size
             cursor.execute(self.sql(size), list(itertools.chain.from_iterable(chunk)))
+            if self.sqlite:
+                last = cursor.lastrowid
+                ids.extend(range(last - size + 1, last + 1))
+            else:
+                ids.extend(row[0] for row in cursor.fetchall())
+        return ids

@@ -13,6 +13,7 @@ from typing import Final, TextIO
 import peewee
 
 from agent.records import FIELD_NAMES, UsageRecord, utcnow
+from agent.store import rollups
 from agent.store.schema import COLUMNS, RECORD_COLUMNS, UsageLog
 
 EXPORT_FORMATS: Final = ("jsonl", "csv")
@@ -175,8 +176,12 @@ def count_records(db: peewee.Database, *, before: datetime | None = None) -> int
 
 
 def delete_records(db: peewee.Database, *, before: datetime | None = None) -> int:
-    """Delete the records with `ts` before `before`, or every record; returns how many."""
-    return int(_older_than(UsageLog.delete(), before).bind(db).execute())
+    """Delete the records with `ts` before `before`, or every record, and their share of the
+    rollups; returns how many."""
+    with db.atomic():
+        deleted = int(_older_than(UsageLog.delete(), before).bind(db).execute())
+        rollups.forget_before(db, before)
+    return deleted
 
 
 def prune(db: peewee.Database, older_than: timedelta) -> int:

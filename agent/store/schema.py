@@ -19,7 +19,9 @@ from agent.durations import as_utc
 from agent.records import FIELD_NAMES, field_types
 
 # 1: the first layout. 2: ids never reused (SQLite AUTOINCREMENT; the rows and ids of version 1 kept).
-SCHEMA_VERSION: Final = 2
+# 3: rollups per 5 minutes and per hour (`usage_rollups`, `usage_rolled_periods`), made from the
+#    stored records.
+SCHEMA_VERSION: Final = 3
 
 
 def ts_to_db(ts: datetime) -> str:
@@ -141,7 +143,49 @@ class SchemaMeta(peewee.Model):
         table_name = "schema_meta"
 
 
-MODELS: Final = (UsageLog, SchemaMeta)
+class UsageRollup(peewee.Model):
+    """The records of one period (`span_s` seconds from `period`: 300 or 3600) for one grouping
+    (`dims`, e.g. "team,model") and one value of each of its dimensions (`k1`, `k2`; "" for
+    none): exact counts and sums, and how many values of latency, TTFT and tokens/s fell in
+    each log-spaced bucket (a JSON list, see `agent/store/rollups.py`). Written by that module
+    once the period is over."""
+
+    span_s = peewee.IntegerField()
+    dims = peewee.TextField()
+    period = UTCDateTimeField()
+    k1 = peewee.TextField()
+    k2 = peewee.TextField()
+    requests = peewee.BigIntegerField()
+    errors = peewee.BigIntegerField()
+    tokens_in = peewee.BigIntegerField()
+    tokens_out = peewee.BigIntegerField()
+    cached_tokens = peewee.BigIntegerField()
+    reasoning_tokens = peewee.BigIntegerField()
+    estimated = peewee.BigIntegerField()
+    latency_ms = peewee.TextField()
+    ttft_ms = peewee.TextField()
+    tokens_per_second = peewee.TextField()
+
+    class Meta:
+        table_name = "usage_rollups"
+        primary_key = peewee.CompositeKey("span_s", "dims", "period", "k1", "k2")
+
+
+class UsageRolledPeriod(peewee.Model):
+    """One row per period whose records are in the rollups (records written later for it are
+    added as they are written)."""
+
+    span_s = peewee.IntegerField()
+    period = UTCDateTimeField()
+
+    class Meta:
+        table_name = "usage_rolled_periods"
+        primary_key = peewee.CompositeKey("span_s", "period")
+
+
+MODELS: Final = (UsageLog, SchemaMeta, UsageRollup, UsageRolledPeriod)
+ROLLUP_TABLE: Final = UsageRollup._meta.table_name
+ROLLED_TABLE: Final = UsageRolledPeriod._meta.table_name
 USAGE_TABLE: Final = UsageLog._meta.table_name
 COLUMNS: Final[dict[str, peewee.Field]] = UsageLog._meta.fields
 RECORD_COLUMNS: Final = tuple(COLUMNS[name] for name in FIELD_NAMES)

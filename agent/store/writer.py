@@ -25,16 +25,18 @@ from typing import Any, Final
 import peewee
 
 from agent.metrics import STORE_WRITE_DURATION
-from agent.records import UsageRecord
+from agent.records import FIELD_NAMES, UsageRecord
 from agent.store.database import StoreError, describe, first_line, migrate, open_database, redact_url
 from agent.store.insert import MultiRowInsert
 from agent.store.journal import Journal
+from agent.store.rollups import Rollups
 from agent.store.schema import CONVERTERS_TO_DB, record_values
 from agent.store.spill import SpillFiles, default_spill_dir, rejected_line
 
 log = logging.getLogger(__name__)
 
 _ABORT_GRACE_S: Final = 0.5
+_TS: Final = FIELD_NAMES.index("ts")
 
 
 @dataclasses.dataclass(eq=False)
@@ -127,6 +129,7 @@ class UsageStore:
         # Last resort when neither the database nor the spill directory takes a record.
         self._overflow: collections.deque[UsageRecord] = collections.deque()
         self._insert: MultiRowInsert | None = None
+        self._rollups: Rollups | None = None
         self._scrub_nul = False
         self._next_ingest_at = 0.0
         self._ingest_backoff = 1.0
@@ -188,6 +191,7 @@ class UsageStore:
             raise
         self._db = db
         self._insert = MultiRowInsert(db)
+        self._rollups = Rollups(db)
         self._scrub_nul = not isinstance(db, peewee.SqliteDatabase)  # PostgreSQL rejects NUL
         self._ingest_spill(startup=True)  # a failure is logged and retried by the writer
         if db.thread_safe:
@@ -306,9 +310,12 @@ class UsageStore:
                     break
                 if self._spill.pending and time.monotonic() >= self._next_ingest_at:
                     self._ingest_spill()
+                self._roll_up()
                 continue
             records, markers, segments, stop = _split(items)
             stopping = stopping or stop
+            if not stopping:
+                self._roll_up()
             try:
                 self._handle(records, markers, segments)
             except Exception as exc:  # a bug must not stop metering: keep the batch, go on
@@ -408,21 +415,41 @@ class UsageStore:
         return rows
 
     def _insert_rows(self, rows: list[list[Any]]) -> None:
-        """One transaction of multi-row INSERTs: the cheap path (see `MultiRowInsert`)."""
+        """One transaction of multi-row INSERTs (the cheap path, see `MultiRowInsert`) and
+        the rollups of those rows, so the two always agree."""
         if not rows:
             return
-        assert self._insert is not None
+        with self.db.atomic():
+            self._store_rows(rows)
+
+    def _store_rows(self, rows: list[list[Any]]) -> None:
+        assert self._insert is not None and self._rollups is not None
         db = self.db
-        with db.atomic():
-            self._insert.run(db, rows)
+        self._rollups.begin_write(db)
+        ids = self._insert.run(db, rows)
+        self._rollups.add_late(db, ids, min(row[_TS] for row in rows))
+
+    def _roll_up(self) -> None:
+        """Roll up the hours that are over (once an hour; a failure is retried next time)."""
+        rollups = self._rollups
+        if rollups is None or time.time() < rollups.next_roll_at:
+            return
+        try:
+            done = rollups.roll_up_due(self.db)
+        except Exception as exc:
+            rollups.next_roll_at = time.time() + 60.0
+            log.warning("usage store: rolling up hours failed (%s); retrying in a minute", first_line(exc))
+            self._reset_connection()
+        else:
+            if done:
+                log.debug("usage store: rolled up %d hour(s)", done)
 
     def _insert_records(self, records: list[UsageRecord]) -> int:
         """Insert in the caller's transaction (re-ingesting); returns how many were stored
         (a record that cannot be is rejected by `_rows`)."""
         rows = self._rows(records)
         if rows:
-            assert self._insert is not None
-            self._insert.run(self.db, rows)
+            self._store_rows(rows)
         return len(rows)
 
     def _reset_connection(self) -> None:

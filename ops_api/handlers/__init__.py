@@ -3,6 +3,6 @@ RouteTableDef) and `OPENAPI` (its part of /ops/openapi.json); `MODULES` lists th
 
 from __future__ import annotations
 
-from ops_api.handlers import console, health, probes, quotas, requests, services
+from ops_api.handlers import console, health, probes, quotas, requests, services, stats
 
-MODULES = (probes, health, services, requests, console, quotas)
+MODULES = (probes, health, services, stats, requests, console, quotas)

@@ -85,6 +85,7 @@ READING_AND_MAINTENANCE = [
     ("db", "prune", "--older-than", "0d", "--yes"),
     ("db", "prune", "--older-than", "1d", "--dry-run"),
     ("db", "reset", "--yes"),
+    ("stats",),
 ]
 
 
@@ -235,6 +236,16 @@ def test_prune_dry_run_only_counts(tmp_path: Path) -> None:
     assert ids_and_request_ids(path) == before
 
 
+def test_prune_deletes_what_is_older_than_the_retention_setting_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "usage.db"
+    store_records(path, aged(24 * 40, 24 * 20, 1))
+    assert "1 of 3" in sidemeter("db", "prune", "--db", url(path), "--dry-run").stdout  # 30d
+    monkeypatch.setenv("SIDEMETER_RETENTION", "7d")
+    assert "2 of 3" in sidemeter("db", "prune", "--db", url(path), "--dry-run").stdout
+
+
 def test_reset_asks_with_the_count_and_deletes_on_yes(tmp_path: Path) -> None:
     path = tmp_path / "usage.db"
     store_records(path, aged(2, 1))
@@ -314,10 +325,13 @@ def test_db_migrate_upgrades_a_v1_file_keeping_every_row_and_id(v1_db: Path) -> 
     assert [r[0] for r in before] == [1, 2]
     result = sidemeter("db", "migrate", "--db", url(v1_db))
     assert result.exit_code == 0, result.output
-    assert "schema version 2" in result.stdout
+    assert f"schema version {SCHEMA_VERSION}" in result.stdout
     assert rows(v1_db) == before
     with plain_sqlite(v1_db) as conn:
-        assert conn.execute("SELECT version FROM schema_meta ORDER BY version").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT version FROM schema_meta ORDER BY version").fetchall() == [
+            (1,),
+            (SCHEMA_VERSION,),
+        ]
         ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'usage_logs'").fetchone()[0]
         assert "AUTOINCREMENT" in ddl
         columns = [row[1] for row in conn.execute("PRAGMA table_info('usage_logs')")]
