@@ -17,6 +17,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -37,7 +38,12 @@ DIST = PLUGIN / "dist"
 HARNESS = PLUGIN / "harness"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SECRET = "panel-e2e-secret-that-is-long-enough"
-RANGE = {"from": "2026-01-01T00:00:00.000Z", "to": "2030-01-01T00:00:00.000Z"}
+# The dashboard's time range the harness gives the panel: around now, within the store's retention.
+_NOW = datetime.now(UTC)
+RANGE = {
+    "from": (_NOW - timedelta(hours=6)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    "to": (_NOW + timedelta(hours=1)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+}
 # The sidecar answers cross-origin requests itself once it has the ops_cors_origins setting.
 HAS_CORS = any(s.name == "ops_cors_origins" for s in SETTINGS)
 
