@@ -121,3 +121,10 @@ def _db_errors(database: Database, doing: str) -> Iterator[None]:
         _fail(str(e))
     finally:
         database.close()
+
+
+def _ops_token(minter: Any, cfg: Config, sub: str, ttl: float) -> str:
+    """A token the ops API accepts: `sub` with the first of the configured ops roles in the
+    configured role claim (`simulate` and `smoke-test` read records and services with it)."""
+    role = (settings.split_list(cfg.ops_roles) or ["ops"])[0]
+    return str(minter.mint(sub, ttl=ttl, extra={cfg.ops_role_claim: [role]}))

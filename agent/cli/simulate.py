@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from agent.cli.common import CONFIG_OPTION, _fail, _load
+from agent.cli.common import CONFIG_OPTION, _fail, _load, _ops_token
 
 TOKEN_TTL_S = 3600.0
 
@@ -146,9 +146,7 @@ def simulate(
         except KeyConfigError as e:
             _fail(f"cannot mint the users' tokens: {e}; or pass --token")
         tokens = {u.name: minter.mint(u.name, team=u.team, ttl=TOKEN_TTL_S) for u in people}
-        role_claim = getattr(cfg, "ops_role_claim", "roles")
-        role = (getattr(cfg, "ops_roles", "ops") or "ops").split(",")[0].strip()
-        ops_token = minter.mint("sidemeter-simulate", ttl=TOKEN_TTL_S, extra={role_claim: [role]})
+        ops_token = _ops_token(minter, cfg, "sidemeter-simulate", TOKEN_TTL_S)
 
     async def go() -> tuple[list[sim.Result], dict[str, dict[str, Any]], str | None, str]:
         chosen = model or await sim.discover_model(ops, ops_token) or sim.DEFAULT_MODEL

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from agent.cli.common import CONFIG_OPTION, _fail, _load
+from agent.cli.common import CONFIG_OPTION, _fail, _load, _ops_token
 
 TOKEN_TTL_S = 300.0
 
@@ -56,9 +56,7 @@ def smoke_test(
         except KeyConfigError as e:
             _fail(f"cannot mint the smoke test's tokens: {e}; or pass --token")
         token = minter.mint(smoke.SMOKE_USER, team=smoke.SMOKE_TEAM, ttl=TOKEN_TTL_S)
-        role_claim = getattr(cfg, "ops_role_claim", "roles")
-        role = (getattr(cfg, "ops_roles", "ops") or "ops").split(",")[0].strip()
-        ops_token = minter.mint(smoke.SMOKE_USER, ttl=TOKEN_TTL_S, extra={role_claim: [role]})
+        ops_token = _ops_token(minter, cfg, smoke.SMOKE_USER, TOKEN_TTL_S)
     deployment = smoke.Deployment(
         target=target.rstrip("/"),
         ops=ops.rstrip("/"),
