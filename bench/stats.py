@@ -137,7 +137,9 @@ def agree(exact: dict[str, Any], rolled: dict[str, Any]) -> None:
 
 async def time_http(url: str, db: peewee.Database, runs: int) -> dict[str, float]:
     """p50 ms of GET /ops/stats through the real ops app on a loopback port."""
-    view = SimpleNamespace(config=Config(db=url), store=SimpleNamespace(db=db), started_at=time.time())
+    view = SimpleNamespace(
+        config=Config(db=url, auth="off"), store=SimpleNamespace(db=db), started_at=time.time(), verifier=None
+    )
     runner = web.AppRunner(build_app(view))  # type: ignore[arg-type]
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
