@@ -67,7 +67,8 @@ def smoke_test(
     )
 
     def report(passed: bool, name: str, detail: str) -> None:
-        click.echo(f"{'✓' if passed else '✗'} {name}: {detail}")
+        mark = "-" if passed and detail.startswith("skipped") else "✓" if passed else "✗"
+        click.echo(f"{mark} {name}: {detail}")
 
     failed = asyncio.run(smoke.run_steps(deployment, report))
     if failed is not None:
