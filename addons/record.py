@@ -23,6 +23,7 @@ class Recorder:
 
     def __init__(self, store: UsageStore | None = None) -> None:
         self.store = store
+        self.instance: str | None = None  # stamped on every record: the runtime sets it at start
         self._owns_store = store is None
         self._live: dict[int, http.HTTPFlow] = {}  # flows between requestheaders and their record
         self.idle = asyncio.Event()  # set while nothing is in flight; the graceful stop waits on it
@@ -93,6 +94,8 @@ class Recorder:
     def submit(self, rec: UsageRecord) -> None:
         """Store `rec` and tell the listeners: every record passes here, flow or not (a request
         head refused before mitmproxy made a flow of it), with its text fields bounded."""
+        if rec.instance is None:
+            rec.instance = self.instance
         bound_text_fields(rec)
         if self.store is not None:
             self.store.submit(rec)

@@ -105,6 +105,10 @@ class UsageRecord:
     request_bytes: int = 0
     response_bytes: int = 0
     prompt: str | None = None
+    # Schema 4: which sidecar of a fleet metered the request (`instance_id`), and what it cost
+    # by the price table (None without a price for its model).
+    instance: str | None = None
+    cost: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: `ts` as ISO-8601 UTC, everything else as is."""
@@ -148,6 +152,7 @@ TEXT_LIMITS: Final[tuple[tuple[str, int], ...]] = (
     ("model", 256),
     ("error", 1024),
     ("prompt", 65536),
+    ("instance", 256),
 )
 """The longest each text field of a stored record may be, in characters. A client controls
 most of them (a path, a model name, a token's claims, the error a bad request causes), and a

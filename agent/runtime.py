@@ -34,6 +34,7 @@ from agent.auth.errors import KeyConfigError
 from agent.auth.settings import AuthSettings
 from agent.auth.verify import Verifier
 from agent.config import Config, ConfigError, parse_size
+from agent.instance import instance_id
 from agent.logs import AccessLog
 from agent.proxy.dispatch import HandlerError, HookIndex, SidecarOptions
 from agent.proxy.internals import use_connection_handler
@@ -236,6 +237,7 @@ class Sidecar:
             raise StartupError(f"proxy could not listen on {cfg.listen}: {why}")
         addrs = servers[0].listen_addrs
         self.proxy_port = addrs[0][1] if addrs else port
+        self.recorder.instance = instance_id(self.config.instance_id, self.proxy_port)
 
     async def _start_ops(self) -> None:
         host, port = self.config.ops_address

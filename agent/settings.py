@@ -168,6 +168,11 @@ def names_a_role(key: str, value: Any) -> None:
         raise ConfigError(f"{key}: must name at least one role, e.g. ops")
 
 
+def instance_name(key: str, value: Any) -> None:
+    if not value.strip() or len(value) > 256 or any(c.isspace() for c in value):
+        raise ConfigError(f"{key}: must be 1-256 characters without spaces, e.g. ollama-0")
+
+
 def cors_origins(key: str, value: Any) -> None:
     for origin in split_list(value):
         if origin == "*":
@@ -292,6 +297,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ops_listen", str, "0.0.0.0:9090", "proxy",
             "HOST:PORT of the ops API (health, stats, /metrics).",
             checks=(host_port,), flag_for=(RUN,), metavar="HOST:PORT"),
+    Setting("instance_id", str, None, "proxy",
+            "This sidecar's name in its records and the fleet view; unset: POD_NAME when set "
+            "(Kubernetes), else HOST:PROXY-PORT.",
+            checks=(instance_name,), flag_for=(RUN,), metavar="NAME"),
     Setting("db", str, "sqlite:///data/usage.db", "store",
             "Usage store URL: sqlite:///relative.db, sqlite:////abs.db, postgresql://...",
             checks=(database_url,), flag_for=(RUN,), metavar="URL", mitmproxy=True),

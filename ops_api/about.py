@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from datetime import UTC, datetime
 
+from agent.instance import NAMESPACE_ENV, NODE_ENV, POD_ENV, instance_id
 from ops_api.view import SidecarView
 
-# Kubernetes downward-API variables (set them from metadata.name, metadata.namespace, spec.nodeName).
-POD_ENV, NAMESPACE_ENV, NODE_ENV = "POD_NAME", "POD_NAMESPACE", "NODE_NAME"
+__all__ = ["NAMESPACE_ENV", "NODE_ENV", "POD_ENV", "address", "instance", "iso", "store_kind"]
 
 
 def iso(ts: float | None) -> str | None:
@@ -20,11 +18,8 @@ def iso(ts: float | None) -> str | None:
 
 
 def instance(side: SidecarView) -> str:
-    """The pod's name in Kubernetes, else host:proxy-port (unique among sidecars on one host)."""
-    pod = os.environ.get(POD_ENV)
-    if pod:
-        return pod
-    return f"{socket.gethostname()}:{side.proxy_port}"
+    """The name this sidecar's records carry (see agent.instance.instance_id)."""
+    return instance_id(side.config.instance_id, side.proxy_port)
 
 
 def store_kind(url: str) -> str:

@@ -18,8 +18,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import peewee
 from playhouse import db_url
+from playhouse import migrate as playhouse_migrate
 
-from agent.store.schema import COLUMNS, MODELS, SCHEMA_VERSION, USAGE_TABLE, SchemaMeta, UsageLog
+from agent.store.schema import (
+    ADDED_COLUMNS,
+    COLUMNS,
+    MODELS,
+    SCHEMA_VERSION,
+    USAGE_TABLE,
+    SchemaMeta,
+    UsageLog,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +215,7 @@ def migrate(db: peewee.Database) -> int:
                     f"understands ({SCHEMA_VERSION}): upgrade Sidemeter or use another --db"
                 )
             if db.table_exists(USAGE_TABLE):
+                _add_columns(db)
                 _check_columns(db, where)
                 if found < 2 and isinstance(db, peewee.SqliteDatabase):
                     _rebuild_with_never_reused_ids(db)
@@ -224,6 +234,23 @@ def migrate(db: peewee.Database) -> int:
             "database is writable by this user"
         ) from exc
     return SCHEMA_VERSION
+
+
+def _add_columns(db: peewee.Database) -> None:
+    """Schema 3 -> 4 (and later): add the record fields an older table lacks, as nullable
+    columns (existing rows read None); create_all adds their indexes under the model's names."""
+    have = {c.name for c in db.get_columns(USAGE_TABLE)}
+    if not have:
+        return
+    migrator = playhouse_migrate.SchemaMigrator.from_database(db)
+    for name, version in ADDED_COLUMNS.items():
+        field = COLUMNS[name]
+        if field.column_name in have:
+            continue
+        # A copy without index=True: add_column would name the index its own way.
+        column = type(field)(null=True)
+        playhouse_migrate.migrate(migrator.add_column(USAGE_TABLE, field.column_name, column))
+        log.info("usage store %s: column %s added (schema %d)", describe(db), name, version)
 
 
 def _check_columns(db: peewee.Database, where: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,9 +15,24 @@ import peewee
 
 from agent.records import FIELD_NAMES, UsageRecord, utcnow
 from agent.store import rollups
-from agent.store.schema import COLUMNS, RECORD_COLUMNS, UsageLog
+from agent.store.schema import ADDED_COLUMNS, COLUMNS, RECORD_COLUMNS, USAGE_TABLE, UsageLog
 
 EXPORT_FORMATS: Final = ("jsonl", "csv")
+
+
+_READABLE: weakref.WeakKeyDictionary[peewee.Database, tuple[peewee.Field, ...]] = weakref.WeakKeyDictionary()
+
+
+def _record_columns(db: peewee.Database) -> tuple[peewee.Field, ...]:
+    """The record columns `db` has: reading commands never migrate, so a file of an older
+    schema lacks the columns added since (its records read None there)."""
+    columns = _READABLE.get(db)
+    if columns is None:
+        have = {c.name for c in db.get_columns(USAGE_TABLE)}
+        missing = {name for name in ADDED_COLUMNS if COLUMNS[name].column_name not in have}
+        columns = tuple(c for c in RECORD_COLUMNS if c.name not in missing) if have else RECORD_COLUMNS
+        _READABLE[db] = columns
+    return columns
 
 
 def _filtered(query: peewee.Query, **equal: str | None) -> peewee.Query:
@@ -37,7 +53,7 @@ def iter_records(
 ) -> Iterator[UsageRecord]:
     """Stored records with `since <= ts < until`, oldest first unless `newest_first`.
     Streams rows from a cursor, so exporting a large table does not load it into memory."""
-    query = _filtered(UsageLog.select(*RECORD_COLUMNS), user=user, model=model)
+    query = _filtered(UsageLog.select(*_record_columns(db)), user=user, model=model)
     if since is not None:
         query = query.where(COLUMNS["ts"] >= since)
     if until is not None:
@@ -64,10 +80,19 @@ class Page:
 
 
 def _page_query(
-    since: datetime | None, user: str | None, team: str | None, model: str | None, outcome: str | None
+    db: peewee.Database,
+    since: datetime | None,
+    user: str | None,
+    team: str | None,
+    model: str | None,
+    outcome: str | None,
 ) -> peewee.Query:
     query = _filtered(
-        UsageLog.select(COLUMNS["id"], *RECORD_COLUMNS), user=user, team=team, model=model, outcome=outcome
+        UsageLog.select(COLUMNS["id"], *_record_columns(db)),
+        user=user,
+        team=team,
+        model=model,
+        outcome=outcome,
     )
     return query if since is None else query.where(COLUMNS["ts"] >= since)
 
@@ -95,7 +120,7 @@ def page_records(
     and each page costs one index range scan however deep it is."""
     _check_limit(limit)
     id_column = COLUMNS["id"]
-    query = _page_query(since, user, team, model, outcome)
+    query = _page_query(db, since, user, team, model, outcome)
     if before is not None:
         query = query.where(id_column < before)
     rows = list(query.order_by(id_column.desc()).limit(limit + 1).bind(db).dicts())
@@ -119,7 +144,7 @@ def records_after(
     id read (`after` when none): what a follower prints next and where it continues."""
     _check_limit(limit)
     id_column = COLUMNS["id"]
-    query = _page_query(None, user, team, model, outcome).where(id_column > after)
+    query = _page_query(db, None, user, team, model, outcome).where(id_column > after)
     rows = list(query.order_by(id_column).limit(limit).bind(db).dicts())
     last = rows[-1]["id"] if rows else after
     for row in rows:
@@ -135,7 +160,7 @@ def newest_id(db: peewee.Database) -> int:
 def get_record(db: peewee.Database, request_id: str) -> UsageRecord | None:
     """The newest record with this request id (clients may reuse an `X-Request-ID`)."""
     query = (
-        UsageLog.select(*RECORD_COLUMNS)
+        UsageLog.select(*_record_columns(db))
         .where(COLUMNS["request_id"] == request_id)
         .order_by(COLUMNS["id"].desc())
         .limit(1)

@@ -21,7 +21,12 @@ from agent.records import FIELD_NAMES, field_types
 # 1: the first layout. 2: ids never reused (SQLite AUTOINCREMENT; the rows and ids of version 1 kept).
 # 3: rollups per 5 minutes and per hour (`usage_rollups`, `usage_rolled_periods`), made from the
 #    stored records.
-SCHEMA_VERSION: Final = 3
+# 4: `instance` (the sidecar of a fleet that metered the record) and `cost` on every record.
+SCHEMA_VERSION: Final = 4
+
+ADDED_COLUMNS: Final[dict[str, int]] = {"instance": 4, "cost": 4}
+"""Record fields that arrived after the first layout, with the schema version that added them:
+the migration adds them to an older table as nullable columns (the old rows read None)."""
 
 
 def ts_to_db(ts: datetime) -> str:
@@ -58,7 +63,7 @@ class NeverReusedIdField(peewee.BigAutoField):
 
 # -- the columns, from UsageRecord --------------------------------------------------------------
 
-_INDEXED: Final = frozenset({"ts", "request_id", "user", "model", "team"})
+_INDEXED: Final = frozenset({"ts", "request_id", "user", "model", "team", "instance"})
 _FIELD_CLASSES: Final[dict[type, type[peewee.Field]]] = {
     str: peewee.TextField,  # not VARCHAR(255): errors, prompts and paths have no fixed length
     int: peewee.BigIntegerField,

@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from agent.cli import main
 from agent.records import FIELD_NAMES, UsageRecord
 from agent.store.database import migrate, open_database
-from agent.store.schema import SCHEMA_VERSION, UsageLog
+from agent.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, UsageLog
 from agent.store.writer import UsageStore
 
 DEMO_HINT = "sqlite:///data/demo.db"
@@ -326,7 +326,8 @@ def test_db_migrate_upgrades_a_v1_file_keeping_every_row_and_id(v1_db: Path) -> 
     result = sidemeter("db", "migrate", "--db", url(v1_db))
     assert result.exit_code == 0, result.output
     assert f"schema version {SCHEMA_VERSION}" in result.stdout
-    assert rows(v1_db) == before
+    upgraded = [(*row, None, None) for row in before]  # schema 4's instance and cost: unknown
+    assert rows(v1_db) == upgraded
     with plain_sqlite(v1_db) as conn:
         assert conn.execute("SELECT version FROM schema_meta ORDER BY version").fetchall() == [
             (1,),
@@ -341,12 +342,45 @@ def test_db_migrate_upgrades_a_v1_file_keeping_every_row_and_id(v1_db: Path) -> 
             for index in conn.execute("PRAGMA index_list('usage_logs')")
             for info in conn.execute(f"PRAGMA index_info('{index[1]}')")
         }
-        assert indexed == {"ts", "request_id", "user", "model", "team"}
+        assert indexed == {"ts", "request_id", "user", "model", "team", "instance"}
         assert conn.execute("SELECT * FROM per_user ORDER BY 1").fetchall() == [("user1", 1), ("user2", 1)]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert "usage_logs_v1" not in tables
     again = sidemeter("db", "migrate", "--db", url(v1_db))
-    assert again.exit_code == 0 and rows(v1_db) == before
+    assert again.exit_code == 0 and rows(v1_db) == upgraded
+
+
+@pytest.fixture
+def v3_db(tmp_path: Path) -> Path:
+    """A version 3 file: the current layout without the columns schema 4 added."""
+    path = tmp_path / "v3.db"
+    store_records(path, [UsageRecord(request_id=f"v3-{i}", user="ann", prompt_tokens=i) for i in (1, 2)])
+    with plain_sqlite(path) as conn:
+        for name in ADDED_COLUMNS:
+            conn.execute(f'DROP INDEX IF EXISTS "usagelog_{name}"')
+            conn.execute(f'ALTER TABLE usage_logs DROP COLUMN "{name}"')
+        conn.execute("DELETE FROM schema_meta WHERE version > 3")
+        conn.execute("INSERT OR IGNORE INTO schema_meta (version) VALUES (3)")
+    return path
+
+
+def test_db_migrate_adds_schema_4_columns_to_a_v3_file(v3_db: Path) -> None:
+    before = rows(v3_db)
+    assert len(before[0]) == 1 + len(FIELD_NAMES) - len(ADDED_COLUMNS)
+    result = sidemeter("db", "migrate", "--db", url(v3_db))
+    assert result.exit_code == 0, result.output
+    assert rows(v3_db) == [(*row, None, None) for row in before]
+    with plain_sqlite(v3_db) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info('usage_logs')")]
+        assert columns == ["id", *FIELD_NAMES]
+        assert conn.execute("SELECT max(version) FROM schema_meta").fetchone() == (SCHEMA_VERSION,)
+    store_records(v3_db, [UsageRecord(request_id="v4", instance="side-a", cost=0.25)])
+    with plain_sqlite(v3_db) as conn:
+        assert conn.execute("SELECT request_id, instance, cost FROM usage_logs ORDER BY id").fetchall() == [
+            ("v3-1", None, None),
+            ("v3-2", None, None),
+            ("v4", "side-a", 0.25),
+        ]
 
 
 def test_the_sidecar_upgrades_a_v1_file_and_new_ids_continue(v1_db: Path) -> None:

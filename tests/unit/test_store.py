@@ -59,6 +59,8 @@ def full_record(request_id: str = "req-full") -> UsageRecord:
         request_bytes=321,
         response_bytes=4321,
         prompt="Why is the sky blue? ünïcode ✓",
+        instance="ollama-0",
+        cost=0.000123,
     )
 
 
@@ -179,7 +181,7 @@ def test_table_is_usage_logs_and_plain_sqlite3_can_query_it(store: UsageStore, d
             for index in conn.execute("PRAGMA index_list('usage_logs')")
             for info in conn.execute(f"PRAGMA index_info('{index[1]}')")
         }
-        assert indexed == {"ts", "request_id", "user", "model", "team"}
+        assert indexed == {"ts", "request_id", "user", "model", "team", "instance"}
 
 
 def test_sqlite_uses_wal(store: UsageStore, db_path: Path) -> None:

@@ -1,0 +1,20 @@
+"""Which sidecar this is: the name its records carry and the fleet view lists it under."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+# Kubernetes downward-API variables (set them from metadata.name, metadata.namespace, spec.nodeName).
+POD_ENV, NAMESPACE_ENV, NODE_ENV = "POD_NAME", "POD_NAMESPACE", "NODE_NAME"
+
+
+def instance_id(configured: str | None, proxy_port: int | None) -> str:
+    """The configured `instance_id`, else the pod's name in Kubernetes, else host:proxy-port
+    (unique among the sidecars of one host)."""
+    if configured:
+        return configured
+    pod = os.environ.get(POD_ENV)
+    if pod:
+        return pod
+    return f"{socket.gethostname()}:{proxy_port}"
