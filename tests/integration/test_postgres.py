@@ -29,7 +29,7 @@ from tests.unit.test_store import full_record
 # (the server's created_at timestamps vary in length).
 VOLATILE = {
     *("request_id", "ts", "latency_ms", "ttft_ms", "server_duration_ms", "tokens_per_second"),
-    *("upstream", "response_bytes"),
+    *("upstream", "response_bytes", "instance"),  # instance: host:proxy-port, a new port each
 }
 
 

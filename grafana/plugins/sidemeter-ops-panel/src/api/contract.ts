@@ -177,6 +177,8 @@ export interface UsageRecord {
   request_bytes: number;
   response_bytes: number;
   prompt: string | null;
+  instance: string | null; // the sidecar that metered it (fleet)
+  cost: number | null; // by the price table; null without a price
 }
 
 export interface TestAnswer {
