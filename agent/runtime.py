@@ -34,6 +34,7 @@ from agent.auth.errors import KeyConfigError
 from agent.auth.settings import AuthSettings
 from agent.auth.verify import Verifier
 from agent.config import Config, ConfigError, parse_size
+from agent.durations import parse_duration
 from agent.instance import instance_id
 from agent.logs import AccessLog
 from agent.proxy.dispatch import HandlerError, HookIndex, SidecarOptions
@@ -80,6 +81,7 @@ class Sidecar:
             batch_size=config.batch_size,
             spill_dir=self.data_dir / "spill",
             journal=config.journal,
+            prune_after=parse_duration(config.retention) if config.auto_prune else None,
         )
         self.recorder = Recorder(self.store)
         self.metrics = metrics.RequestMetrics(

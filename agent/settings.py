@@ -371,6 +371,11 @@ SETTINGS: tuple[Setting, ...] = (
             "How long usage records are kept: the longest window /ops/stats and `sidemeter stats` "
             "answer, and the default age `sidemeter db prune` deletes.",
             checks=(duration,), metavar="DURATION"),
+    Setting("auto_prune", bool, False, "store",
+            "Delete records older than retention in the background: a batch of at most 2000 "
+            "records between two batches of writes, so writing never stalls (off: only "
+            "`sidemeter db prune` deletes).",
+            flag_for=(RUN,)),
     Setting("journal", bool, True, "store",
             "Append each record to a journal in data_dir/spill before it is queued, so a crash of "
             "the process loses no finished request's record (README: Durability).",

@@ -75,6 +75,12 @@ STORE_WRITE_DURATION = Histogram(
     registry=REGISTRY,
 )
 
+STORE_PRUNED = Counter(
+    "sidemeter_store_pruned_records_total",
+    "Usage records deleted by the background retention (auto_prune), by this process.",
+    registry=REGISTRY,
+)
+
 
 def record_upstream_probe(reachable: bool, seconds: float, kind: str | None = None) -> None:
     """What one probe of the upstream found: reachable or not, how long it took, and the server

@@ -19,6 +19,7 @@ import threading
 import time
 import typing
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -29,6 +30,7 @@ from agent.records import FIELD_NAMES, UsageRecord
 from agent.store.database import StoreError, describe, first_line, migrate, open_database, redact_url
 from agent.store.insert import MultiRowInsert
 from agent.store.journal import Journal
+from agent.store.retention import DEFAULT_BATCH, Pruner
 from agent.store.rollups import Rollups
 from agent.store.schema import CONVERTERS_TO_DB, record_values
 from agent.store.spill import SpillFiles, default_spill_dir, rejected_line
@@ -99,6 +101,8 @@ class UsageStore:
         spill_dir: str | Path | None = None,
         linger: float = 0.05,
         journal: bool = True,
+        prune_after: timedelta | None = None,
+        prune_batch: int = DEFAULT_BATCH,
     ) -> None:
         if queue_size < 1 or batch_size < 1 or flush_interval <= 0:
             raise ValueError("queue_size and batch_size must be >= 1, flush_interval > 0")
@@ -130,6 +134,8 @@ class UsageStore:
         self._overflow: collections.deque[UsageRecord] = collections.deque()
         self._insert: MultiRowInsert | None = None
         self._rollups: Rollups | None = None
+        # Background retention (auto_prune): records older than prune_after are deleted between batches.
+        self.pruner = Pruner(prune_after, batch=prune_batch) if prune_after is not None else None
         self._scrub_nul = False
         self._next_ingest_at = 0.0
         self._ingest_backoff = 1.0
@@ -311,11 +317,13 @@ class UsageStore:
                 if self._spill.pending and time.monotonic() >= self._next_ingest_at:
                     self._ingest_spill()
                 self._roll_up()
+                self._prune()
                 continue
             records, markers, segments, stop = _split(items)
             stopping = stopping or stop
             if not stopping:
                 self._roll_up()
+                self._prune()
             try:
                 self._handle(records, markers, segments)
             except Exception as exc:  # a bug must not stop metering: keep the batch, go on
@@ -443,6 +451,17 @@ class UsageStore:
         else:
             if done:
                 log.debug("usage store: rolled up %d hour(s)", done)
+
+    def _prune(self) -> None:
+        """One bounded batch of the background retention, when a turn is due."""
+        pruner = self.pruner
+        if pruner is None or self._db is None:
+            return
+        try:
+            pruner.prune_due(self.db)
+        except Exception as exc:
+            pruner.failed(exc)
+            self._reset_connection()
 
     def _insert_records(self, records: list[UsageRecord]) -> int:
         """Insert in the caller's transaction (re-ingesting); returns how many were stored

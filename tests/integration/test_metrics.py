@@ -28,6 +28,7 @@ FAMILIES = {
     "sidemeter_store_queue_depth": "gauge",
     "sidemeter_store_spilled_records": "gauge",
     "sidemeter_store_write_duration_seconds": "histogram",
+    "sidemeter_store_pruned_records": "counter",
     "sidemeter_usage_estimated": "counter",
     "sidemeter_build_info": "gauge",
     "gen_ai_client_token_usage": "histogram",

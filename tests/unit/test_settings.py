@@ -87,6 +87,8 @@ RUN_FLAGS = TOKEN_VERIFY_FLAGS | {
     "--capture-prompts",
     "--log-level",
     "--instance-id",
+    "--auto-prune",
+    "--no-auto-prune",
 }
 CONFIG_KEYS = {
     *("upstream", "listen", "ops_listen", "db", "auth", "jwt_secret", "jwt_secret_file"),
@@ -102,7 +104,7 @@ CONFIG_KEYS = {
     *("ready_requires_upstream", "health_error_rate_degraded", "health_error_rate_down"),
     *("health_latency_p95_degraded", "health_latency_p95_down", "health_min_requests"),
     *("quota_timezone", "quota_default_reservation"),
-    "instance_id",
+    *("instance_id", "auto_prune"),
 }
 
 
