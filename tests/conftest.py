@@ -99,3 +99,15 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """An empty database of this test's own on the session's PostgreSQL server."""
     return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store suites run on both backends: a SQLite file, or an empty database of this
+    test's own on the session's PostgreSQL server (skipped, loudly, where none can run)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/usage.db"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    # A PostgreSQL store spills to ./data unless told otherwise: keep that in tmp_path too.
+    request.getfixturevalue("monkeypatch").chdir(tmp_path)
+    return server.new_database()

@@ -39,8 +39,9 @@ OPS_HEADERS = {"Authorization": f"Bearer {token('ops-viewer', roles=['ops'])}"}
 
 
 @pytest.fixture
-async def side(sim_openai: SimulatedLLM, start_sidecar: Callable[..., Any]) -> RunningSidecar:
-    return await start_sidecar(sim_openai.url, auth="jwt", jwt_secret=SECRET)  # type: ignore[no-any-return]
+async def side(sim_openai: SimulatedLLM, start_sidecar: Callable[..., Any], store_url: str) -> RunningSidecar:
+    """A sidecar on a SQLite file or on a PostgreSQL database (`store_url`)."""
+    return await start_sidecar(sim_openai.url, auth="jwt", jwt_secret=SECRET, db=store_url)  # type: ignore[no-any-return]
 
 
 async def send(

@@ -9,7 +9,6 @@ import asyncio
 import json
 import math
 import random
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +23,7 @@ from agent.auth.issue import SigningKey, issue_token
 from agent.cli import main
 from agent.records import utcnow
 from agent.sim import SimulatedLLM
+from agent.store.database import open_database
 from tests.support.sidecar import RunningSidecar
 
 SECRET = "stats-test-secret-that-is-long-enough-for-hs256"
@@ -111,10 +111,10 @@ async def stats(side: RunningSidecar, **params: str) -> httpx.Response:
 
 
 async def test_figures_per_team_and_model_are_what_was_sent(
-    paced: tuple[SimulatedLLM, SpreadPace], start_sidecar: Callable[..., Any]
+    paced: tuple[SimulatedLLM, SpreadPace], start_sidecar: Callable[..., Any], store_url: str
 ) -> None:
     sim, pace = paced
-    side: RunningSidecar = await start_sidecar(sim.url, auth="jwt", jwt_secret=SECRET)
+    side: RunningSidecar = await start_sidecar(sim.url, auth="jwt", jwt_secret=SECRET, db=store_url)
     since = utcnow()
     sent = await send_traffic(side, 60)
     assert await asyncio.to_thread(side.sidecar.store.flush, 10)
@@ -140,9 +140,9 @@ async def test_figures_per_team_and_model_are_what_was_sent(
 
     # Percentiles: within the stated error of the exact ones of the stored latencies, and
     # no lower than the delays the server was told to produce (a record's latency includes it).
-    db = sqlite3.connect(side.sidecar.config.db.split(":///", 1)[1])
-    latencies = [row[0] for row in db.execute("SELECT latency_ms FROM usage_logs WHERE operation = 'chat'")]
-    ttfts = [row[0] for row in db.execute("SELECT ttft_ms FROM usage_logs WHERE ttft_ms IS NOT NULL")]
+    db = open_database(store_url)
+    latencies = [r[0] for r in db.execute_sql("SELECT latency_ms FROM usage_logs WHERE operation = 'chat'")]
+    ttfts = [r[0] for r in db.execute_sql("SELECT ttft_ms FROM usage_logs WHERE ttft_ms IS NOT NULL")]
     db.close()
     assert len(latencies) == 60 and len(pace.produced) == 60 and len(ttfts) >= 40
     error = body["percentile_error"]

@@ -1,13 +1,16 @@
 """The store on a real PostgreSQL server (a throwaway one, started by the tests): the same
-records, answers and guarantees as on SQLite — including a server that goes away under load."""
+records, answers and guarantees as on SQLite — including a server that goes away under load,
+in-process and under a real `sidemeter run`."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -22,6 +25,7 @@ from agent.store.database import migrate, open_database
 from agent.store.queries import export_records, get_record, iter_records, prune
 from agent.store.writer import UsageStore
 from tests.support.postgres import PostgresServer
+from tests.support.process import SidemeterProcess
 from tests.support.sidecar import RunningSidecar
 from tests.unit.test_store import full_record
 
@@ -160,10 +164,66 @@ async def test_a_server_that_goes_away_under_load_loses_no_record(
     assert store_ids == set(sent)  # every answered request's record, each once
 
 
+async def test_sidemeter_run_answers_through_a_postgresql_stop_and_stores_each_record_once(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """The same outage through the real `sidemeter run` in a subprocess, the server stopped as
+    an operator stops it (`pg_ctl stop -m fast`), under steady traffic from the start."""
+    url = postgres_server.new_database()
+    sim = SimulatedLLM("openai", token_delay=0.0)
+    upstream = await sim.start()
+    side = await asyncio.to_thread(SidemeterProcess, upstream, tmp_path, db=url)
+    sent: list[str] = []
+    stop = asyncio.Event()
+    body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+
+    async def steady_traffic() -> None:
+        async with httpx.AsyncClient(base_url=side.url, timeout=30) as http:
+            while not stop.is_set():
+                rid = f"outage-{uuid.uuid4().hex}"
+                res = await http.post("/v1/chat/completions", json=body, headers={"X-Request-ID": rid})
+                assert res.status_code == 200, res.text  # the proxy never stalls on the store
+                sent.append(rid)
+                await asyncio.sleep(0.01)  # pacing: a steady stream, not a flood
+
+    async def until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not await asyncio.to_thread(condition):
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.05)
+
+    def spilled() -> bool:
+        health = httpx.get(f"http://127.0.0.1:{side.ops_port}/ops/health", timeout=10).json()
+        return int(health["store"]["spilled"]) > 0
+
+    traffic = asyncio.create_task(steady_traffic())
+    try:
+        await until(lambda: len(sent) >= 30, "no traffic before the outage")
+        with postgres_server.outage("fast"):
+            during = len(sent)
+            await until(spilled, "nothing spilled while PostgreSQL was down")
+            await until(lambda: len(sent) >= during + 50, "traffic stalled during the outage")
+        after = len(sent)
+        await until(lambda: len(sent) >= after + 50, "traffic stalled after the outage")
+        stop.set()
+        await traffic
+        # Re-ingesting backs off while the server is down: the spill may take a while to go.
+        stored = await asyncio.to_thread(_wait_for_ids, url, set(sent), 120.0)
+        side.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(side.wait, 60) == 0, side.stderr
+    finally:
+        stop.set()
+        if not traffic.done():
+            traffic.cancel()
+        side.stop()
+        await sim.stop()
+    assert stored == set(sent) and len(sent) >= 130  # none lost, none extra
+    assert _wait_for_ids(url, set(sent), 0) == set(sent)  # and none doubled (it checks), after the stop
+    assert "spilling" in side.stderr  # the outage was logged
+
+
 def _wait_for_ids(url: str, want: set[str], timeout: float = 60.0) -> set[str]:
     """The request ids stored once the writer has re-ingested its spill files (polled)."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         db = open_database(url)

@@ -1,6 +1,7 @@
 """`sidemeter usage export` and `sidemeter db ...` through the real CLI against real SQLite
-files: missing and empty databases, prune's confirmation, ids that are never reused, and the
-schema 1 -> 2 migration of a database file made with version 1's DDL."""
+files (and a real PostgreSQL server where a test takes `store_url`): missing and empty
+databases, prune's confirmation, ids that are never reused, and the schema 1 -> 2 migration
+of a database file made with version 1's DDL."""
 
 from __future__ import annotations
 
@@ -37,20 +38,34 @@ def sidemeter(*args: str, answer: str | None = None) -> Result:
     return CliRunner().invoke(main, list(args), input=answer, catch_exceptions=False)
 
 
-def url(path: Path) -> str:
-    return f"sqlite:///{path}"
+def url(where: Path | str) -> str:
+    """A SQLite file's URL; a URL (the `store_url` fixture's) as it is."""
+    return where if isinstance(where, str) else f"sqlite:///{where}"
 
 
 def plain_sqlite(path: Path) -> contextlib.closing[sqlite3.Connection]:
     return contextlib.closing(sqlite3.connect(path, isolation_level=None))
 
 
-def ids_and_request_ids(path: Path) -> list[tuple[int, str]]:
-    with plain_sqlite(path) as conn:
-        return conn.execute("SELECT id, request_id FROM usage_logs ORDER BY id").fetchall()
+def ids_and_request_ids(where: Path | str) -> list[tuple[int, str]]:
+    """Of a SQLite file as plain sqlite3 reads it, or of a database URL."""
+    if isinstance(where, Path):
+        with plain_sqlite(where) as conn:
+            return conn.execute("SELECT id, request_id FROM usage_logs ORDER BY id").fetchall()
+    db = open_database(where)
+    try:
+        rows = db.execute_sql("SELECT id, request_id FROM usage_logs ORDER BY id").fetchall()
+        return [(int(i), str(r)) for i, r in rows]
+    finally:
+        db.close()
 
 
-def store_records(path: Path, records: list[UsageRecord]) -> None:
+def shown(where: Path | str) -> str:
+    """How the CLI names the database in its questions."""
+    return str(where) if isinstance(where, Path) else f"database {where.rpartition('/')[2]!r}"
+
+
+def store_records(path: Path | str, records: list[UsageRecord]) -> None:
     """As the sidecar stores them: through UsageStore (which also migrates)."""
     store = UsageStore(url(path))
     store.start()
@@ -145,8 +160,8 @@ def test_db_migrate_creates_the_database_and_its_folder(tmp_path: Path) -> None:
     assert "0 record(s) exported" in export.stderr
 
 
-def test_export_reads_what_the_sidecar_stored(tmp_path: Path) -> None:
-    path = tmp_path / "usage.db"
+def test_export_reads_what_the_sidecar_stored(store_url: str) -> None:
+    path = store_url  # a SQLite file or a PostgreSQL database
     store_records(path, aged(2, 1))
     result = sidemeter("usage", "export", "--db", url(path), "--since", "90m")
     assert result.exit_code == 0, result.output
@@ -191,13 +206,13 @@ def test_a_read_only_folder_is_named_as_the_database_files_folder(
 # -- prune asks before it deletes every record -------------------------------------------------------
 
 
-def test_prune_that_would_delete_every_record_asks_with_counts_and_cutoff(tmp_path: Path) -> None:
-    path = tmp_path / "usage.db"
+def test_prune_that_would_delete_every_record_asks_with_counts_and_cutoff(store_url: str) -> None:
+    path = store_url  # a SQLite file or a PostgreSQL database
     store_records(path, aged(3, 2, 1))
     declined = sidemeter("db", "prune", "--db", url(path), "--older-than", "0d", answer="n\n")
     assert declined.exit_code != 0
     prompt = declined.stdout.splitlines()[0]
-    assert "3 of 3 usage records" in prompt and str(path) in prompt
+    assert "3 of 3 usage records" in prompt and shown(path) in prompt
     cutoff = datetime.fromisoformat(prompt.split("older than ")[1].split(" UTC")[0]).replace(tzinfo=UTC)
     assert abs(cutoff - datetime.now(UTC)) < timedelta(minutes=1)
     assert len(ids_and_request_ids(path)) == 3
@@ -208,16 +223,16 @@ def test_prune_that_would_delete_every_record_asks_with_counts_and_cutoff(tmp_pa
     assert ids_and_request_ids(path) == []
 
 
-def test_prune_with_yes_does_not_ask(tmp_path: Path) -> None:
-    path = tmp_path / "usage.db"
+def test_prune_with_yes_does_not_ask(store_url: str) -> None:
+    path = store_url  # a SQLite file or a PostgreSQL database
     store_records(path, aged(3, 2))
     result = sidemeter("db", "prune", "--db", url(path), "--older-than", "0d", "--yes")
     assert result.exit_code == 0, result.output
     assert "?" not in result.stdout and "2 record(s) deleted" in result.stdout
 
 
-def test_prune_of_some_records_does_not_ask(tmp_path: Path) -> None:
-    path = tmp_path / "usage.db"
+def test_prune_of_some_records_does_not_ask(store_url: str) -> None:
+    path = store_url  # a SQLite file or a PostgreSQL database
     store_records(path, aged(50, 30, 1))
     result = sidemeter("db", "prune", "--db", url(path), "--older-than", "1d")
     assert result.exit_code == 0, result.output
@@ -225,8 +240,8 @@ def test_prune_of_some_records_does_not_ask(tmp_path: Path) -> None:
     assert [rid for _, rid in ids_and_request_ids(path)] == ["r2"]
 
 
-def test_prune_dry_run_only_counts(tmp_path: Path) -> None:
-    path = tmp_path / "usage.db"
+def test_prune_dry_run_only_counts(store_url: str) -> None:
+    path = store_url  # a SQLite file or a PostgreSQL database
     store_records(path, aged(50, 30, 1))
     before = ids_and_request_ids(path)
     for age, counted in (("1d", "2 of 3"), ("0d", "3 of 3")):
@@ -237,17 +252,17 @@ def test_prune_dry_run_only_counts(tmp_path: Path) -> None:
 
 
 def test_prune_deletes_what_is_older_than_the_retention_setting_by_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "usage.db"
+    path = store_url  # a SQLite file or a PostgreSQL database
     store_records(path, aged(24 * 40, 24 * 20, 1))
     assert "1 of 3" in sidemeter("db", "prune", "--db", url(path), "--dry-run").stdout  # 30d
     monkeypatch.setenv("SIDEMETER_RETENTION", "7d")
     assert "2 of 3" in sidemeter("db", "prune", "--db", url(path), "--dry-run").stdout
 
 
-def test_reset_asks_with_the_count_and_deletes_on_yes(tmp_path: Path) -> None:
-    path = tmp_path / "usage.db"
+def test_reset_asks_with_the_count_and_deletes_on_yes(store_url: str) -> None:
+    path = store_url  # a SQLite file or a PostgreSQL database
     store_records(path, aged(2, 1))
     declined = sidemeter("db", "reset", "--db", url(path), answer="n\n")
     assert declined.exit_code != 0 and "all 2 usage records" in declined.stdout
@@ -260,8 +275,8 @@ def test_reset_asks_with_the_count_and_deletes_on_yes(tmp_path: Path) -> None:
 # -- ids are never reused ------------------------------------------------------------------------------
 
 
-def test_ids_are_not_reused_after_prune_or_reset(tmp_path: Path) -> None:
-    path = tmp_path / "usage.db"
+def test_ids_are_not_reused_after_prune_or_reset(store_url: str) -> None:
+    path = store_url  # a SQLite file or a PostgreSQL database
     store_records(path, aged(2, 1))
     assert [i for i, _ in ids_and_request_ids(path)] == [1, 2]
     assert sidemeter("db", "prune", "--db", url(path), "--older-than", "0d", "--yes").exit_code == 0

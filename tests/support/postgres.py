@@ -94,6 +94,16 @@ class PostgresServer:
         with contextlib.suppress(RuntimeError):
             self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
+    @contextlib.contextmanager
+    def outage(self, mode: str = "fast") -> Iterator[None]:
+        """The server is down (`pg_ctl stop -m mode`) inside the block, and up again after it,
+        whatever the block raised: the session's other tests use the same server."""
+        self.stop(mode)
+        try:
+            yield
+        finally:
+            self.start()
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 

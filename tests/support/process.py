@@ -23,9 +23,14 @@ class SidemeterProcess:
     stderr collected line by line on threads, so neither pipe fills and blocks it."""
 
     def __init__(
-        self, upstream: str, tmp_path: Path, *extra: str, auth: Sequence[str] = ("--auth", "off")
+        self,
+        upstream: str,
+        tmp_path: Path,
+        *extra: str,
+        auth: Sequence[str] = ("--auth", "off"),
+        db: str | None = None,
     ) -> None:
-        self.db_path = tmp_path / "usage.db"
+        self.db_path = tmp_path / "usage.db"  # unless `db` names another database
         self.data_dir = tmp_path / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SIDEMETER_")}
         env["PYTHONPATH"] = str(ROOT)
@@ -40,7 +45,7 @@ class SidemeterProcess:
                 "--ops-listen",
                 "127.0.0.1:0",
                 "--db",
-                f"sqlite:///{self.db_path}",
+                db or f"sqlite:///{self.db_path}",
                 *auth,
                 "--data-dir",
                 str(self.data_dir),

@@ -1,6 +1,6 @@
 """Usage statistics: parsing windows and groupings, the buckets' error bound, and the rollups
 agreeing with the records themselves for random windows, late records, pruning and the
-schema 2 -> 3 migration (real SQLite files)."""
+schema 2 -> 3 migration (real SQLite files and a real PostgreSQL server)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import peewee
@@ -211,9 +210,7 @@ def assert_agrees(
     return body
 
 
-@pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'usage.db'}"
+# `store_url` (tests/conftest.py): each test below runs on SQLite and on PostgreSQL.
 
 
 @pytest.fixture

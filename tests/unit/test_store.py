@@ -1,4 +1,6 @@
-"""The usage store against real SQLite files: no mocks of peewee or sqlite3."""
+"""The usage store against real SQLite files and a real PostgreSQL server (the `store_url`
+fixture runs a test on both): no mocks of peewee, sqlite3 or psycopg2. Tests of what only
+SQLite has (the file, WAL, its parameter limit, its busy timeout) take `db_path`."""
 
 from __future__ import annotations
 
@@ -73,9 +75,35 @@ def plain_sqlite(db_path: Path) -> contextlib.closing[sqlite3.Connection]:
     return contextlib.closing(sqlite3.connect(db_path, isolation_level=None))
 
 
-def stored_ids(db_path: Path) -> list[str]:
-    with plain_sqlite(db_path) as conn:
-        return [row[0] for row in conn.execute("SELECT request_id FROM usage_logs ORDER BY id")]
+def stored_ids(where: Path | str) -> list[str]:
+    """The stored request ids in id order: of a SQLite file by plain sqlite3, or of a URL."""
+    if isinstance(where, Path):
+        with plain_sqlite(where) as conn:
+            return [row[0] for row in conn.execute("SELECT request_id FROM usage_logs ORDER BY id")]
+    db = open_database(where)
+    try:
+        return [row[0] for row in db.execute_sql("SELECT request_id FROM usage_logs ORDER BY id")]
+    finally:
+        db.close()
+
+
+@contextlib.contextmanager
+def write_locked(url: str) -> Iterator[None]:
+    """Another connection holds the usage table's write lock: the writer waits in the database
+    (SQLite's busy wait, PostgreSQL's lock queue) until the block ends."""
+    db = open_database(url)
+    try:
+        if isinstance(db, peewee.SqliteDatabase):
+            db.execute_sql("BEGIN EXCLUSIVE")
+        else:
+            db.execute_sql("BEGIN")
+            db.execute_sql("LOCK TABLE usage_logs IN EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            db.execute_sql("ROLLBACK")
+    finally:
+        db.close()
 
 
 def spill_files(directory: Path) -> list[Path]:
@@ -88,7 +116,15 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[UsageStore]:
+def store(store_url: str, tmp_path: Path) -> Iterator[UsageStore]:
+    s = UsageStore(store_url, spill_dir=tmp_path / "spill")
+    s.start()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(db_path: Path) -> Iterator[UsageStore]:
     s = UsageStore(sqlite_url(db_path))
     s.start()
     yield s
@@ -117,9 +153,9 @@ def test_every_field_round_trips_including_none_and_utc_ts(store: UsageStore) ->
     assert get_record(store.db, "nope") is None
 
 
-def test_a_batch_bigger_than_one_insert_statement_is_stored_whole(db_path: Path) -> None:
+def test_a_batch_bigger_than_one_insert_statement_is_stored_whole(store_url: str, tmp_path: Path) -> None:
     # batch_size above the rows one multi-row INSERT takes: the batch spans statements.
-    store = UsageStore(sqlite_url(db_path), batch_size=1200, linger=0.5)
+    store = UsageStore(store_url, batch_size=1200, linger=0.5, spill_dir=tmp_path / "spill")
     store.start()
     try:
         records = [dataclasses.replace(full_record(), request_id=f"big-{i}") for i in range(1234)]
@@ -128,9 +164,7 @@ def test_a_batch_bigger_than_one_insert_statement_is_stored_whole(db_path: Path)
         assert store.flush(30)
     finally:
         store.close()
-    with plain_sqlite(db_path) as conn:
-        ids = [r[0] for r in conn.execute("SELECT request_id FROM usage_logs ORDER BY id")]
-    assert ids == [r.request_id for r in records]
+    assert stored_ids(store_url) == [r.request_id for r in records]
 
 
 def test_inserts_respect_a_small_sqlite_parameter_limit(db_path: Path) -> None:
@@ -147,27 +181,26 @@ def test_inserts_respect_a_small_sqlite_parameter_limit(db_path: Path) -> None:
     db.close()
 
 
-def test_batches_of_every_size_share_a_few_statements(db_path: Path) -> None:
+def test_batches_of_every_size_share_a_few_statements(store_url: str, tmp_path: Path) -> None:
     # Each distinct statement stays prepared in the driver's cache (megabytes for hundreds of
     # rows), so batch sizes must not each get their own.
-    db = open_database(sqlite_url(db_path))
+    db = open_database(store_url)
     migrate(db)
     insert = MultiRowInsert(db)
-    rows = UsageStore(sqlite_url(db_path))._rows([full_record(f"s-{i}") for i in range(1200)])
+    rows = UsageStore(store_url, spill_dir=tmp_path)._rows([full_record(f"s-{i}") for i in range(1200)])
     start = 0
     for size in (1, 2, 3, 7, 100, 255, 300, 512, 20):
         with db.atomic():
             insert.run(db, rows[start : start + size])
         start += size
     assert len(insert._sql) <= insert.per_statement.bit_length()
-    with plain_sqlite(db_path) as conn:
-        assert conn.execute("SELECT count(*) FROM usage_logs").fetchone()[0] == start
+    assert len(stored_ids(store_url)) == start
     db.close()
 
 
-def test_table_is_usage_logs_and_plain_sqlite3_can_query_it(store: UsageStore, db_path: Path) -> None:
-    store.submit(full_record())
-    assert store.flush()
+def test_table_is_usage_logs_and_plain_sqlite3_can_query_it(sqlite_store: UsageStore, db_path: Path) -> None:
+    sqlite_store.submit(full_record())
+    assert sqlite_store.flush()
     with plain_sqlite(db_path) as conn:
         cur = conn.execute("SELECT * FROM usage_logs ORDER BY id DESC LIMIT 5;")
         rows = cur.fetchall()
@@ -184,18 +217,18 @@ def test_table_is_usage_logs_and_plain_sqlite3_can_query_it(store: UsageStore, d
         assert indexed == {"ts", "request_id", "user", "model", "team", "instance"}
 
 
-def test_sqlite_uses_wal(store: UsageStore, db_path: Path) -> None:
+def test_sqlite_uses_wal(sqlite_store: UsageStore, db_path: Path) -> None:
     with plain_sqlite(db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_20k_records_from_a_thread_are_all_stored_after_flush(store: UsageStore, db_path: Path) -> None:
+def test_20k_records_from_a_thread_are_all_stored_after_flush(store: UsageStore) -> None:
     records = make_records(20_000)
     producer = threading.Thread(target=lambda: [store.submit(r) for r in records])
     producer.start()
     producer.join()
     assert store.flush(timeout=60)
-    ids = stored_ids(db_path)
+    ids = stored_ids(store.url)
     assert len(ids) == 20_000
     assert set(ids) == {r.request_id for r in records}
     assert store.healthy and store.queue_depth == 0
@@ -216,22 +249,17 @@ def test_memory_database_works_across_threads(tmp_path: Path) -> None:
 # -- backpressure, failures and spill files ---------------------------------------------------
 
 
-def test_close_drains_the_queue(db_path: Path) -> None:
-    s = UsageStore(sqlite_url(db_path), batch_size=50)
+def test_close_drains_the_queue(store_url: str, tmp_path: Path) -> None:
+    s = UsageStore(store_url, batch_size=50, spill_dir=tmp_path / "spill")
     s.start()
-    blocker = sqlite3.connect(db_path, isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")  # keep the writer from getting ahead of us
-    try:
+    with write_locked(store_url):  # keep the writer from getting ahead of us
         for r in make_records(500):
             s.submit(r)
         assert s.written_total == 0
         assert s.queue_depth >= 500 - 50  # all queued but the batch the writer holds
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
     s.close()
-    assert sorted(stored_ids(db_path)) == sorted(f"r{i}" for i in range(500))
-    assert spill_files(db_path.parent) == []
+    assert sorted(stored_ids(store_url)) == sorted(f"r{i}" for i in range(500))
+    assert spill_files(tmp_path / "spill") == []
     assert not s.healthy
 
 
@@ -279,34 +307,32 @@ def test_unstorable_values_are_set_aside_or_repaired_not_retried_forever(
 
 
 def test_full_queue_spills_instead_of_blocking_and_nothing_is_lost_or_doubled(
-    db_path: Path,
+    store_url: str, tmp_path: Path
 ) -> None:
-    s = UsageStore(sqlite_url(db_path), queue_size=2, batch_size=5)
+    spill = tmp_path / "spill"
+    s = UsageStore(store_url, queue_size=2, batch_size=5, spill_dir=spill)
     s.start()
-    # Another connection holds the write lock: the writer sits in SQLite's busy wait.
-    blocker = sqlite3.connect(db_path, isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")
-    try:
+    # Another connection holds the write lock: the writer waits inside the database.
+    with write_locked(store_url):
         records = make_records(200)
         for r in records:
             s.submit(r)  # would deadlock here if submit waited for the queue
         assert s.written_total == 0
         assert s.spilled_total >= 200 - 2 - 5 - 1  # at most queue + one batch are in memory
-        assert spill_files(db_path.parent)
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
+        assert spill_files(spill)
     s.close()
 
-    again = UsageStore(sqlite_url(db_path))
+    again = UsageStore(store_url, spill_dir=spill)
     again.start()  # re-ingests what the first run spilled
     again.close()
-    ids = stored_ids(db_path)
+    ids = stored_ids(store_url)
     assert sorted(ids) == sorted(r.request_id for r in records)  # every record exactly once
-    assert spill_files(db_path.parent) == []
+    assert spill_files(spill) == []
 
 
 def test_failing_batches_are_retried_spilled_and_recovered(db_path: Path) -> None:
+    # SQLite only: its busy timeout makes each attempt fail fast while the lock is held
+    # (PostgreSQL failing for real is a stopped server: tests/integration/test_postgres*.py).
     # A short busy timeout so each attempt fails fast while the lock is held.
     s = UsageStore(sqlite_url(db_path) + "?timeout=0.05")
     s.retry_delays = (0.01,)
@@ -334,8 +360,8 @@ def test_failing_batches_are_retried_spilled_and_recovered(db_path: Path) -> Non
     s.close()
 
 
-def test_records_submitted_before_start_or_after_close_are_kept(db_path: Path) -> None:
-    s = UsageStore(sqlite_url(db_path))
+def test_records_submitted_before_start_or_after_close_are_kept(store_url: str, tmp_path: Path) -> None:
+    s = UsageStore(store_url, spill_dir=tmp_path / "spill")
     s.submit(UsageRecord(request_id="early"))
     assert not s.flush(timeout=0.1)  # nothing can be committed before start()
     s.start()
@@ -343,15 +369,15 @@ def test_records_submitted_before_start_or_after_close_are_kept(db_path: Path) -
     s.close()
     s.submit(UsageRecord(request_id="late"))  # after close: spilled, not raised, not dropped
     assert s.spilled_total == 1
-    again = UsageStore(sqlite_url(db_path))
+    again = UsageStore(store_url, spill_dir=tmp_path / "spill")
     again.start()
     again.close()
-    assert sorted(stored_ids(db_path)) == ["early", "late"]
+    assert sorted(stored_ids(store_url)) == ["early", "late"]
 
 
-def test_reingest_after_a_crash_does_not_double_insert(db_path: Path) -> None:
-    spill_dir = db_path.parent / "spill"
-    first = UsageStore(sqlite_url(db_path), spill_dir=spill_dir)
+def test_reingest_after_a_crash_does_not_double_insert(store_url: str, tmp_path: Path) -> None:
+    spill_dir = tmp_path / "spill"
+    first = UsageStore(store_url, spill_dir=spill_dir)
     first.start()
     stored = make_records(3, prefix="s")
     for r in stored:
@@ -377,10 +403,10 @@ def test_reingest_after_a_crash_does_not_double_insert(db_path: Path) -> None:
     foreign = spill_dir / f"usage-spill-{os.getppid()}-4-0.jsonl"
     foreign.write_text(lines([UsageRecord(request_id="other")]))
 
-    second = UsageStore(sqlite_url(db_path), spill_dir=spill_dir)
+    second = UsageStore(store_url, spill_dir=spill_dir)
     second.start()
     second.close()
-    assert sorted(stored_ids(db_path)) == ["n0", "n1", "n2", "s0", "s1", "s2"]
+    assert sorted(stored_ids(store_url)) == ["n0", "n1", "n2", "s0", "s1", "s2"]
     assert spill_files(spill_dir) == [foreign]
     rejected = list(spill_dir.glob("usage-rejected-*"))
     assert len(rejected) == 1 and "tor" in rejected[0].read_text()
@@ -427,36 +453,35 @@ def test_postgresql_without_driver_says_what_to_install() -> None:
     assert "s3cret" not in str(err.value) and "db.example" in str(err.value)
 
 
-def test_migrate_is_idempotent_and_refuses_a_newer_schema(db_path: Path) -> None:
-    db = open_database(sqlite_url(db_path))
+def test_migrate_is_idempotent_and_refuses_a_newer_schema(store_url: str, tmp_path: Path) -> None:
+    db = open_database(store_url)
     assert migrate(db) == SCHEMA_VERSION
     assert migrate(db) == SCHEMA_VERSION
+    assert db.execute_sql("SELECT version FROM schema_meta").fetchall() == [(SCHEMA_VERSION,)]
+    db.execute_sql(f"INSERT INTO schema_meta (version) VALUES ({SCHEMA_VERSION + 1})")
     db.close()
-    with plain_sqlite(db_path) as conn:
-        assert conn.execute("SELECT version FROM schema_meta").fetchall() == [(SCHEMA_VERSION,)]
-        conn.execute("INSERT INTO schema_meta (version) VALUES (?)", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match=r"newer.*upgrade Sidemeter"):
-        migrate(open_database(sqlite_url(db_path)))
+        migrate(open_database(store_url))
     with pytest.raises(StoreError, match="newer"):
-        UsageStore(sqlite_url(db_path)).start()
+        UsageStore(store_url, spill_dir=tmp_path / "spill").start()
 
 
-def test_migrate_refuses_a_foreign_usage_logs_table(db_path: Path) -> None:
-    db_path.parent.mkdir(parents=True)
-    with plain_sqlite(db_path) as conn:
-        conn.execute("CREATE TABLE usage_logs (id INTEGER PRIMARY KEY, user TEXT)")
+def test_migrate_refuses_a_foreign_usage_logs_table(store_url: str) -> None:
+    db = open_database(store_url)
+    db.execute_sql('CREATE TABLE usage_logs (id INTEGER PRIMARY KEY, "user" TEXT)')
     with pytest.raises(StoreError, match="lacks columns request_id"):
-        migrate(open_database(sqlite_url(db_path)))
+        migrate(db)
+    db.close()
 
 
 # -- queries, export, prune ---------------------------------------------------------------------
 
 
 @pytest.fixture
-def seeded(tmp_path: Path) -> Iterator[peewee.Database]:
-    db = open_database(sqlite_url(tmp_path / "q.db"))
+def seeded(store_url: str, tmp_path: Path) -> Iterator[peewee.Database]:
+    db = open_database(store_url)
     migrate(db)
-    store = UsageStore(sqlite_url(tmp_path / "q.db"))
+    store = UsageStore(store_url, spill_dir=tmp_path / "spill")
     store.start()
     base = datetime.now(UTC)
     for i, (user, model) in enumerate([("ann", "a"), ("bob", "b"), ("ann", "b"), ("cy", "a")]):

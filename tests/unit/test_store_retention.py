@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import peewee
 import pytest
@@ -23,11 +22,7 @@ from agent.store.writer import UsageStore
 KEEP = timedelta(hours=6)  # short: the rollups walk every 5 minutes since the oldest record
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'usage.db'}"
-    return str(request.getfixturevalue("postgres_url"))
+# `store_url` (tests/conftest.py): each test runs on SQLite and on PostgreSQL.
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
