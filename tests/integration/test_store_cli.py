@@ -62,7 +62,9 @@ def ids_and_request_ids(where: Path | str) -> list[tuple[int, str]]:
 
 def shown(where: Path | str) -> str:
     """How the CLI names the database in its questions."""
-    return str(where) if isinstance(where, Path) else f"database {where.rpartition('/')[2]!r}"
+    if isinstance(where, str) and where.startswith("postgresql:"):
+        return f"database {where.rpartition('/')[2]!r}"
+    return str(where).removeprefix("sqlite:///")
 
 
 def store_records(path: Path | str, records: list[UsageRecord]) -> None:
