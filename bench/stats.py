@@ -85,6 +85,8 @@ def make_record(rng: random.Random, ts: Any) -> UsageRecord:
         tokens_per_second=None if embedding else max(1.0, rng.gauss(45, 8)),
         request_bytes=400,
         response_bytes=1200,
+        instance="bench-0",
+        cost=None if embedding else round((prompt * 0.15 + completion * 0.6) / 1e6, 9),
     )
 
 
@@ -127,7 +129,7 @@ def agree(exact: dict[str, Any], rolled: dict[str, Any]) -> None:
     assert len(by_key) == len(rolled["groups"]), "different groups"
     pairs += [(by_key[tuple(g["key"].items())], g) for g in rolled["groups"]]
     for a, b in pairs:
-        for k in ("requests", "errors", "tokens_in", "tokens_out", "estimated"):
+        for k in ("requests", "errors", "tokens_in", "tokens_out", "estimated", "cost", "costed"):
             assert a[k] == b[k], (k, a[k], b[k])
         for metric in ("latency_ms", "ttft_ms"):
             for p in ("p50", "p95", "p99"):
@@ -154,7 +156,11 @@ async def time_http(url: str, db: peewee.Database, runs: int) -> dict[str, float
                     # A new `until` each time: the handler shares an answer among callers
                     # asking the same question within seconds, and this times the query.
                     until = utcnow()
-                    params = {"since": (until - timedelta(hours=24)).isoformat(), "until": until.isoformat()}
+                    params = {
+                        "since": (until - timedelta(hours=24)).isoformat(),
+                        "until": until.isoformat(),
+                        "scope": "fleet",
+                    }
                     if group_by:
                         params["group_by"] = group_by
                     t0 = time.perf_counter()

@@ -22,6 +22,8 @@ _COLUMNS = (
     ("reasoning_tokens", None),
     ("estimated", None),
     ("estimated_share", "est%"),
+    ("cost", "cost"),
+    ("costed", None),
     ("latency_ms.p50", "ms p50"),
     ("latency_ms.p95", "p95"),
     ("latency_ms.p99", "p99"),
@@ -45,6 +47,8 @@ def _cell(path: str, value: Any) -> str:
         return "-"
     if path.endswith(("_rate", "_share")):
         return f"{value:.1%}"
+    if path == "cost":
+        return f"{value:,.2f}" if value >= 100 else f"{value:.4g}"
     if isinstance(value, float):
         return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
     return f"{value:,}"
@@ -64,7 +68,8 @@ def _print_table(body: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"{body['since']} - {body['until']}",
+        title=f"{body['since']} - {body['until']}, "
+        + (f"instance {body['instance']}" if body["instance"] is not None else "whole fleet"),
         caption=f"latency and TTFT in ms; percentiles {body['percentiles']}, "
         f"within {body['percentile_error']:.0%}",
         box=box.SIMPLE_HEAD,
@@ -100,7 +105,19 @@ def _print_csv(body: dict[str, Any]) -> None:
 @click.option("--window", help="How far back from now, e.g. 15m, 24h, 7d [default: 24h].")
 @click.option("--since", help="Start, ISO-8601 (instead of --window).")
 @click.option("--until", help="End, ISO-8601 [default: now]; with --since.")
-@click.option("--by", "by", help="Group by up to two of model, user, team, endpoint, operation, outcome.")
+@click.option(
+    "--by", "by", help="Group by up to two of model, user, team, endpoint, operation, outcome, instance."
+)
+@click.option(
+    "--scope",
+    type=click.Choice(["local", "fleet"]),
+    default=None,
+    help="fleet: every sidecar's records in the store [default]; local: one sidecar's "
+    "(--instance, else the config's instance_id).",
+)
+@click.option(
+    "--instance", help="Only the records of the sidecar with this instance id (implies --scope local)."
+)
 @click.option("--db", help="Usage store URL [default: from config].")
 @click.option(
     "--format",
@@ -116,16 +133,28 @@ def stats(
     since: str | None,
     until: str | None,
     by: str | None,
+    scope: str | None,
+    instance: str | None,
     db: str | None,
     fmt: str,
 ) -> None:
-    """Requests, errors, tokens and latency percentiles per group: the figures of /ops/stats.
+    """Requests, errors, tokens, cost and latency percentiles per group: the figures of /ops/stats.
 
     Reads only: a database that does not exist yet is an error, not created."""
     from agent.durations import parse_duration
     from agent.store.stats import StatsError, compute_stats, parse_group_by, resolve_window
 
+    if scope == "fleet" and instance is not None:
+        _fail("--instance names one sidecar: it goes with --scope local, not fleet")
     cfg, database = _open(config_path, db)
+    if instance is None and scope == "local":
+        instance = cfg.instance_id
+        if not instance:
+            database.close()
+            _fail(
+                "this command is no sidecar, so --scope local needs --instance NAME "
+                "(or instance_id in the config); the instance ids are in sidemeter stats --by instance"
+            )
     try:
         span = resolve_window(
             window=window, since=since, until=until, retention=parse_duration(cfg.retention)
@@ -136,7 +165,7 @@ def stats(
         allowed = f" (allowed: {', '.join(e.allowed)})" if e.allowed else ""
         _fail(f"{e}{allowed}")
     with _db_errors(database, "reading usage statistics from"):
-        body = compute_stats(database, span.since, span.until, group_by)
+        body = compute_stats(database, span.since, span.until, group_by, instance=instance)
     if fmt == "json":
         click.echo(json.dumps(body, indent=2))
     elif fmt == "csv":

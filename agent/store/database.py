@@ -24,6 +24,9 @@ from agent.store.schema import (
     ADDED_COLUMNS,
     COLUMNS,
     MODELS,
+    ROLLED_TABLE,
+    ROLLUP_TABLE,
+    ROLLUPS_REMADE,
     SCHEMA_VERSION,
     USAGE_TABLE,
     SchemaMeta,
@@ -219,10 +222,13 @@ def migrate(db: peewee.Database) -> int:
                 _check_columns(db, where)
                 if found < 2 and isinstance(db, peewee.SqliteDatabase):
                     _rebuild_with_never_reused_ids(db)
+                if 0 < found < ROLLUPS_REMADE:
+                    _drop_rollups(db)
             for model in MODELS:
                 peewee.SchemaManager(model, database=db).create_all(safe=True)
-            # Schema 2 -> 3 adds the rollup tables; the writer fills them from the stored
-            # records a few periods at a time (a big store would hold the start for minutes).
+            # Schema 2 -> 3 adds the rollup tables (3 -> 4 makes them anew); the writer fills
+            # them from the stored records a few periods at a time (a big store would hold the
+            # start for minutes), and until then a window reads those records directly.
             # Always a write, even when nothing changed: a read-only database fails here, at
             # start, instead of at the first batch.
             SchemaMeta.insert(version=SCHEMA_VERSION).on_conflict_ignore().bind(db).execute()
@@ -251,6 +257,18 @@ def _add_columns(db: peewee.Database) -> None:
         column = type(field)(null=True)
         playhouse_migrate.migrate(migrator.add_column(USAGE_TABLE, field.column_name, column))
         log.info("usage store %s: column %s added (schema %d)", describe(db), name, version)
+
+
+def _drop_rollups(db: peewee.Database) -> None:
+    """Schema 3 -> 4: the rollups gain the instance key and the cost sums, which the old rows
+    cannot be split into; dropped here, create_all makes them in the new layout, and the
+    writer rolls the records up again (both tables go, so no period counts as rolled up)."""
+    for table in (ROLLUP_TABLE, ROLLED_TABLE):
+        if db.table_exists(table):
+            db.execute_sql(f"DROP TABLE {db.quote[0]}{table}{db.quote[1]}")
+            log.info(
+                "usage store %s: %s dropped, rolled up again (schema %d)", describe(db), table, ROLLUPS_REMADE
+            )
 
 
 def _check_columns(db: peewee.Database, where: str) -> None:

@@ -2,11 +2,13 @@
 million records reads about a thousand rows instead of every record.
 
 For every grouping of zero to two dimensions (`GROUPINGS`: the total, each dimension, each
-pair) and every period, `usage_rollups` holds the exact counts and sums of the period's records
-per group, and how many of them fell in each log-spaced bucket of latency, time to first token
-and tokens/s. Buckets grow by `GAMMA` (2 %); a bucket's representative value is within
-`RELATIVE_ERROR` (< 1 %) of every value in it, so a percentile read from the buckets is within
-1 % of the exact one (nearest rank).
+pair), every period and every sidecar (`instance`: a fleet's stats add them up, one sidecar's
+read its own), `usage_rollups` holds the exact counts and sums of the period's records per
+group (the cost as an integer count of billionths, so sums are exact in any order), and how
+many of them fell in each log-spaced bucket of latency, time to first token and tokens/s.
+Buckets grow by `GAMMA` (2 %); a bucket's representative value is within `RELATIVE_ERROR`
+(< 1 %) of every value in it, so a percentile read from the buckets is within 1 % of the exact
+one (nearest rank).
 
 The writer thread rolls up each period once, ROLL_DELAY after it ends (`Rollups.roll_up_due`;
 `usage_rolled_periods` lists the periods done): the database aggregates the period's records
@@ -15,7 +17,8 @@ writer's per-batch work stays one INSERT. A record written later for a period al
 up (a long request, a re-ingested spill file) is folded in by the transaction that inserts it
 (`Rollups.add_late`), so the rollups always agree with the records. `db prune` recomputes the
 periods it cuts through (`forget_before`). After the v2 -> v3 migration the writer rolls up
-the stored records a few periods at a time; until then a window reads them directly.
+the stored records a few periods at a time (and again after 3 -> 4, which makes the rollup
+tables anew); until then a window reads them directly.
 """
 
 from __future__ import annotations
@@ -47,7 +50,11 @@ SUMS: Final = (
     "cached_tokens",
     "reasoning_tokens",
     "estimated",
+    "costed",  # records that had a cost
+    "cost_e9",  # the sum of their costs, in billionths (rounded per record)
 )
+COST_SCALE: Final = 1_000_000_000
+_COST_LIMIT: Final = 1e9  # a cost beyond this (or NaN) is left out: the sum must fit 64 bits
 SPANS: Final = (3600, 300)  # seconds, longest first: a window takes whole hours, then 5 minutes
 
 GAMMA: Final = 1.02
@@ -148,10 +155,11 @@ class RollupSql:
         return " OR ".join([f"({ts} >= {p} AND {ts} < {p})"] * ranges)
 
     def records(self, where: str) -> str:
-        """`WITH b AS (...)`: the records matching `where`, one row each, with their dimensions
-        ("" for none), what each adds to the sums, and their buckets."""
+        """`WITH b AS (...)`: the records matching `where`, one row each, with their instance
+        and dimensions ("" for none), what each adds to the sums, and their buckets."""
         q = self.q
-        dims = ", ".join(f"COALESCE({q(d)}, '') AS d_{d}" for d in DIMENSIONS)
+        dims = ", ".join(f"COALESCE({q(d)}, '') AS d_{d}" for d in ("instance", *DIMENSIONS))
+        cost, costed = q("cost"), f"ABS({q('cost')}) < {_COST_LIMIT!r}"
         buckets = ", ".join(f"{self._bucket(m)} AS b{i}" for i, m in enumerate(METRICS))
         return (
             f"WITH b AS MATERIALIZED (SELECT {dims}, "
@@ -160,19 +168,25 @@ class RollupSql:
             f"COALESCE({q('cached_tokens')}, 0) AS t_cached, "
             f"COALESCE({q('reasoning_tokens')}, 0) AS t_reasoning, "
             f"CASE WHEN {q('usage_source')} = '{UsageSource.ESTIMATED.value}' THEN 1 ELSE 0 END AS est, "
+            f"CASE WHEN {costed} THEN 1 ELSE 0 END AS costed, "
+            f"CASE WHEN {costed} THEN CAST(ROUND({cost} * {COST_SCALE}) AS BIGINT) ELSE 0 END AS cost_e9, "
             f"{buckets} FROM {q(USAGE_TABLE)} WHERE {where})"
         )
 
-    def aggregate(self, where: str, dims: Sequence[str]) -> str:
-        """One statement: per group of `dims` (in DIMENSIONS order), a row of sums
-        (m = -1) and a row per metric and bucket (m = metric, n = count)."""
-        keys = [f"d_{d}" for d in DIMENSIONS if d in dims]
+    def aggregate(self, where: str, dims: Sequence[str], *, per_instance: bool = False) -> str:
+        """One statement: per group of `dims` (in DIMENSIONS order; the instance first with
+        `per_instance`), a row of sums (m = -1) and a row per metric and bucket (m = metric,
+        n = count)."""
+        keys = ["d_instance"] * per_instance + [f"d_{d}" for d in DIMENSIONS if d in dims]
         select_keys = "".join(f"{k}, " for k in keys)
         group = f"GROUP BY {', '.join(keys)}" if keys else ""
-        sums = "COUNT(*), SUM(err), SUM(t_in), SUM(t_out), SUM(t_cached), SUM(t_reasoning), SUM(est)"
+        sums = (
+            "COUNT(*), SUM(err), SUM(t_in), SUM(t_out), SUM(t_cached), SUM(t_reasoning), SUM(est), "
+            "SUM(costed), SUM(cost_e9)"
+        )
         parts = [f"SELECT {select_keys}-1 AS m, 0 AS bucket, {sums} FROM b {group}"]
         for i in range(len(METRICS)):
-            zeros = ", ".join(["0"] * 6)
+            zeros = ", ".join(["0"] * (len(SUMS) - 1))
             parts.append(
                 f"SELECT {select_keys}{i}, b{i}, COUNT(*), {zeros} FROM b WHERE b{i} IS NOT NULL "
                 f"GROUP BY {', '.join([*keys, f'b{i}'])}"
@@ -234,21 +248,22 @@ class Cell:
         return orjson.dumps([b << _SHIFT | n for b, n in sorted(merged.items())]).decode()
 
 
-Key = tuple[str, str, str]  # grouping name, k1, k2
+Key = tuple[str, str, str, str]  # grouping name, instance, k1, k2
 
 
 def fold(rows: Iterable[Sequence[Any]]) -> dict[Key, Cell]:
-    """Rows of `RollupSql.aggregate` over all of DIMENSIONS, folded into every grouping."""
+    """Rows of `RollupSql.aggregate` per instance over all of DIMENSIONS, folded into every
+    grouping."""
     cells: dict[Key, Cell] = {}
     projections = []
     for dims in GROUPINGS:
         positions = [DIMENSIONS.index(d) for d in dims] + [None] * (2 - len(dims))
         projections.append((grouping_name(dims), positions))
-    width = len(DIMENSIONS)
+    width = 1 + len(DIMENSIONS)
     for row in rows:
-        values, metric, bucket = row[:width], row[width], row[width + 1]
+        instance, values, metric, bucket = row[0], row[1:width], row[width], row[width + 1]
         for name, (a, b) in projections:
-            key = (name, "" if a is None else values[a], "" if b is None else values[b])
+            key = (name, instance, "" if a is None else values[a], "" if b is None else values[b])
             cell = cells.get(key)
             if cell is None:
                 cell = cells[key] = Cell()
@@ -261,7 +276,8 @@ def fold(rows: Iterable[Sequence[Any]]) -> dict[Key, Cell]:
 
 # -- writing ------------------------------------------------------------------------------------
 
-_COLUMNS: Final = ("span_s", "dims", "period", "k1", "k2", *SUMS, *METRICS)
+_KEYS: Final = ("dims", "instance", "k1", "k2")
+_COLUMNS: Final = ("span_s", "period", *_KEYS, *SUMS, *METRICS)
 _ROWS_PER_INSERT: Final = 999 // len(_COLUMNS)  # within the oldest SQLite's parameter limit
 
 
@@ -281,24 +297,30 @@ def _write(
     table, p = sql.q(ROLLUP_TABLE), sql.param
     when = ts_to_db(period)
     if merge:
-        for (name, k1, k2), cell in cells.items():
-            row = db.execute_sql(
-                f"SELECT {', '.join(sql.q(c) for c in (*SUMS, *METRICS))} FROM {table} "
-                f"WHERE span_s = {p} AND dims = {p} AND period = {p} AND k1 = {p} AND k2 = {p}",
-                [span_s, name, when, k1, k2],
-            ).fetchone()
-            if row is not None:
-                cell.add_sums(row[: len(SUMS)])
-                for metric, text in enumerate(row[len(SUMS) :]):
-                    cell.add_encoded(metric, text)
-                db.execute_sql(
-                    f"DELETE FROM {table} WHERE span_s = {p} AND dims = {p} AND period = {p} "
-                    f"AND k1 = {p} AND k2 = {p}",
-                    [span_s, name, when, k1, k2],
-                )
+        # One read of the period's rows and one DELETE of those that matched, by their row
+        # address, not a round trip per group (a re-ingested spill file touches thousands).
+        row_id = "rowid" if sql.sqlite else "ctid"
+        columns = ", ".join([row_id, *(sql.q(c) for c in (*_KEYS, *SUMS, *METRICS))])
+        found: list[Any] = []
+        for row in db.execute_sql(
+            f"SELECT {columns} FROM {table} WHERE span_s = {p} AND period = {p}", [span_s, when]
+        ).fetchall():
+            cell = cells.get((row[1], row[2], row[3], row[4]))
+            if cell is None:
+                continue
+            cell.add_sums(row[5 : 5 + len(SUMS)])
+            for metric, text in enumerate(row[5 + len(SUMS) :]):
+                cell.add_encoded(metric, text)
+            found.append(row[0])
+        if sql.sqlite:
+            for start in range(0, len(found), 999):
+                chunk = found[start : start + 999]
+                db.execute_sql(f"DELETE FROM {table} WHERE rowid IN ({', '.join([p] * len(chunk))})", chunk)
+        elif found:
+            db.execute_sql(f"DELETE FROM {table} WHERE ctid = ANY({p}::tid[])", [found])
     rows = [
-        [span_s, name, when, k1, k2, *cell.sums, *(cell.encoded(m) for m in range(len(METRICS)))]
-        for (name, k1, k2), cell in cells.items()
+        [span_s, when, *key, *cell.sums, *(cell.encoded(m) for m in range(len(METRICS)))]
+        for key, cell in cells.items()
     ]
     # Multi-row VALUES: PostgreSQL's driver runs executemany as one round trip per row.
     columns = ", ".join(sql.q(c) for c in _COLUMNS)
@@ -326,7 +348,9 @@ def _roll_up(db: peewee.Database, span_s: int, period: datetime) -> bool:
     if parts and len(rolled_periods(db, parts[0], period, end)) == span_s // parts[0]:
         cells = _merged(db, parts[0], period, end)  # an hour: its twelve 5-minute rollups
     else:
-        rows = db.execute_sql(sql.aggregate(sql.where_ts(1), DIMENSIONS), [ts_to_db(period), ts_to_db(end)])
+        rows = db.execute_sql(
+            sql.aggregate(sql.where_ts(1), DIMENSIONS, per_instance=True), [ts_to_db(period), ts_to_db(end)]
+        )
         cells = fold(rows)
     _write(db, span_s, period, cells, merge=False)
     return True
@@ -337,14 +361,14 @@ def _merged(db: peewee.Database, span_s: int, since: datetime, until: datetime) 
     folding the records again, and the same figures (late records go into both spans)."""
     sql = RollupSql(db)
     p = sql.param
-    columns = ", ".join(sql.q(c) for c in ("dims", "k1", "k2", *SUMS, *METRICS))
+    columns = ", ".join(sql.q(c) for c in (*_KEYS, *SUMS, *METRICS))
     cells: dict[Key, Cell] = {}
     width = len(SUMS)
-    for dims, k1, k2, *values in db.execute_sql(
+    for dims, instance, k1, k2, *values in db.execute_sql(
         f"SELECT {columns} FROM {sql.q(ROLLUP_TABLE)} WHERE span_s = {p} AND period >= {p} AND period < {p}",
         [span_s, ts_to_db(since), ts_to_db(until)],
     ):
-        key = (dims, k1, k2)
+        key = (dims, instance, k1, k2)
         cell = cells.get(key)
         if cell is None:
             cell = cells[key] = Cell()
@@ -431,11 +455,8 @@ class Rollups:
                 start_dt = as_datetime(start)
                 where = f"{ids_where} AND {sql.where_ts(1)}"
                 end = start_dt + timedelta(seconds=span_s)
-                cells = fold(
-                    db.execute_sql(
-                        sql.aggregate(where, DIMENSIONS), [*params, ts_to_db(start_dt), ts_to_db(end)]
-                    )
-                )
+                aggregate = sql.aggregate(where, DIMENSIONS, per_instance=True)
+                cells = fold(db.execute_sql(aggregate, [*params, ts_to_db(start_dt), ts_to_db(end)]))
                 _write(db, span_s, start_dt, cells, merge=True)
 
     def roll_up_due(self, db: peewee.Database) -> int:

@@ -21,10 +21,14 @@ from agent.records import FIELD_NAMES, field_types
 # 1: the first layout. 2: ids never reused (SQLite AUTOINCREMENT; the rows and ids of version 1 kept).
 # 3: rollups per 5 minutes and per hour (`usage_rollups`, `usage_rolled_periods`), made from the
 #    stored records.
-# 4: `instance` (the sidecar of a fleet that metered the record) and `cost` on every record.
+# 4: `instance` (the sidecar of a fleet that metered the record) and `cost` on every record; the
+#    rollups keyed by instance as well and carrying the cost sum (their tables are made anew).
 SCHEMA_VERSION: Final = 4
 
 ADDED_COLUMNS: Final[dict[str, int]] = {"instance": 4, "cost": 4}
+ROLLUPS_REMADE: Final = 4
+"""The version whose migration drops the rollup tables and makes them in its layout (the writer
+rolls the stored records up again)."""
 """Record fields that arrived after the first layout, with the schema version that added them:
 the migration adds them to an older table as nullable columns (the old rows read None)."""
 
@@ -149,15 +153,17 @@ class SchemaMeta(peewee.Model):
 
 
 class UsageRollup(peewee.Model):
-    """The records of one period (`span_s` seconds from `period`: 300 or 3600) for one grouping
-    (`dims`, e.g. "team,model") and one value of each of its dimensions (`k1`, `k2`; "" for
-    none): exact counts and sums, and how many values of latency, TTFT and tokens/s fell in
-    each log-spaced bucket (a JSON list, see `agent/store/rollups.py`). Written by that module
-    once the period is over."""
+    """The records of one period (`span_s` seconds from `period`: 300 or 3600) of one sidecar
+    (`instance`, "" for records without one) for one grouping (`dims`, e.g. "team,model") and
+    one value of each of its dimensions (`k1`, `k2`; "" for none): exact counts and sums (the
+    cost in billionths, `cost_e9`, of the `costed` records that had one), and how many values
+    of latency, TTFT and tokens/s fell in each log-spaced bucket (a JSON list, see
+    `agent/store/rollups.py`). Written by that module once the period is over."""
 
     span_s = peewee.IntegerField()
     dims = peewee.TextField()
     period = UTCDateTimeField()
+    instance = peewee.TextField()
     k1 = peewee.TextField()
     k2 = peewee.TextField()
     requests = peewee.BigIntegerField()
@@ -167,13 +173,16 @@ class UsageRollup(peewee.Model):
     cached_tokens = peewee.BigIntegerField()
     reasoning_tokens = peewee.BigIntegerField()
     estimated = peewee.BigIntegerField()
+    costed = peewee.BigIntegerField()
+    cost_e9 = peewee.BigIntegerField()
     latency_ms = peewee.TextField()
     ttft_ms = peewee.TextField()
     tokens_per_second = peewee.TextField()
 
     class Meta:
         table_name = "usage_rollups"
-        primary_key = peewee.CompositeKey("span_s", "dims", "period", "k1", "k2")
+        # The reads ask for one span, grouping and period range, of one instance or all.
+        primary_key = peewee.CompositeKey("span_s", "dims", "period", "instance", "k1", "k2")
 
 
 class UsageRolledPeriod(peewee.Model):

@@ -5,6 +5,7 @@ Whole hours, then whole 5-minute periods, come from the rollups (`agent/store/ro
 the rest of the window (the minutes at its edges, periods not rolled up yet) from the records,
 with the same SQL expressions, so counts and sums are exact for any window. Percentiles
 (nearest rank) come from log-spaced buckets and are within `PERCENTILE_ERROR` of the exact ones.
+A fleet's answer adds up every sidecar's rollups; one sidecar's (`instance`) reads its own.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import peewee
 from agent.durations import as_utc, parse_duration
 from agent.records import utcnow
 from agent.store.rollups import (
+    COST_SCALE,
     DIMENSIONS,
     METRICS,
     RELATIVE_ERROR,
@@ -37,6 +39,10 @@ assert RELATIVE_ERROR <= PERCENTILE_ERROR
 WINDOWS: Final = ("5m", "15m", "1h", "6h", "24h", "7d", "30d")  # what `allowed` suggests
 DEFAULT_WINDOW: Final = "24h"
 MAX_GROUP_BY: Final = 2
+INSTANCE: Final = "instance"  # a group_by dimension too: the sidecar that metered the records
+GROUP_BY: Final = (*DIMENSIONS, INSTANCE)
+SCOPES: Final = ("local", "fleet")
+DEFAULT_SCOPE: Final = "fleet"
 _PERCENTILES: Final = {"latency_ms": (50, 95, 99), "ttft_ms": (50, 95, 99), "tokens_per_second": (50,)}
 
 
@@ -130,25 +136,35 @@ def resolve_window(
 
 
 def parse_group_by(text: str | None) -> tuple[str, ...]:
-    """Zero to two of DIMENSIONS, comma-separated, in the caller's order."""
+    """Zero to two of GROUP_BY, comma-separated, in the caller's order."""
     if text is None or not text.strip():
         return ()
     dims = tuple(part.strip() for part in text.split(","))
-    unknown = [d for d in dims if d not in DIMENSIONS]
+    unknown = [d for d in dims if d not in GROUP_BY]
     if unknown:
-        raise StatsError(f"unknown group_by dimension {unknown[0]!r}", DIMENSIONS)
+        raise StatsError(f"unknown group_by dimension {unknown[0]!r}", GROUP_BY)
     if len(set(dims)) != len(dims):
-        raise StatsError(f"group_by names a dimension twice: {text!r}", DIMENSIONS)
+        raise StatsError(f"group_by names a dimension twice: {text!r}", GROUP_BY)
     if len(dims) > MAX_GROUP_BY:
-        raise StatsError(f"group_by takes at most {MAX_GROUP_BY} dimensions, got {len(dims)}", DIMENSIONS)
+        raise StatsError(f"group_by takes at most {MAX_GROUP_BY} dimensions, got {len(dims)}", GROUP_BY)
     return dims
+
+
+def parse_scope(text: str | None) -> str:
+    """`local` (one sidecar's records) or `fleet` (every sidecar's in the store, the default:
+    a sidecar's instance id changes with its pod or port, and local would hide what it
+    wrote under the old one)."""
+    scope = DEFAULT_SCOPE if text is None else text.strip()
+    if scope not in SCOPES:
+        raise StatsError(f"unknown scope {text!r}: use local or fleet", SCOPES)
+    return scope
 
 
 # -- computing ------------------------------------------------------------------------------------
 
 
 def _stats(group: Cell) -> dict[str, Any]:
-    requests, errors, tokens_in, tokens_out, cached, reasoning, estimated = group.sums
+    requests, errors, tokens_in, tokens_out, cached, reasoning, estimated, costed, cost_e9 = group.sums
     out: dict[str, Any] = {
         "requests": requests,
         "errors": errors,
@@ -159,6 +175,8 @@ def _stats(group: Cell) -> dict[str, Any]:
         "reasoning_tokens": reasoning,
         "estimated": estimated,
         "estimated_share": estimated / requests if requests else 0.0,
+        "cost": cost_e9 / COST_SCALE if costed else None,
+        "costed": costed,
     }
     for i, metric in enumerate(METRICS):
         qs = _PERCENTILES[metric]
@@ -179,15 +197,20 @@ def _iso(ts: datetime) -> str:
 
 
 class _Reader:
-    def __init__(self, db: peewee.Database, group_by: Sequence[str]) -> None:
+    """The groups of one answer. A group's key is (instance or "", k1, k2): the instance only
+    when grouping by it, so a fleet's sidecars add up in one group otherwise."""
+
+    def __init__(self, db: peewee.Database, group_by: Sequence[str], instance: str | None) -> None:
         self.db = db
         self.sql = RollupSql(db)
         self.canonical = tuple(d for d in DIMENSIONS if d in group_by)
-        self.groups: dict[tuple[str, str], Cell] = {}
+        self.by_instance = INSTANCE in group_by
+        self.instance = instance  # None: every instance
+        self.groups: dict[tuple[str, str, str], Cell] = {}
         self.raw_total = Cell()  # what add_records added, over all groups
 
-    def group(self, k1: str, k2: str) -> Cell:
-        key = (k1, k2)
+    def group(self, instance: str, k1: str, k2: str) -> Cell:
+        key = (instance if self.by_instance else "", k1, k2)
         found = self.groups.get(key)
         if found is None:
             found = self.groups[key] = Cell()
@@ -196,16 +219,20 @@ class _Reader:
     def add_periods(self, span_s: int, periods: Sequence[datetime]) -> None:
         """Rolled-up periods, from the rollups."""
         q, p = self.sql.q, self.sql.param
-        columns = ", ".join(q(c) for c in ("k1", "k2", *SUMS, *METRICS))
+        columns = ", ".join(q(c) for c in ("instance", "k1", "k2", *SUMS, *METRICS))
         width = len(SUMS)
         query = (
             f"SELECT {columns} FROM {q(ROLLUP_TABLE)} "
             f"WHERE span_s = {p} AND dims = {p} AND period >= {p} AND period <= {p}"
         )
+        scope: list[object] = []
+        if self.instance is not None:
+            query += f" AND instance = {p}"
+            scope.append(self.instance)
         for first, last in _runs(periods, timedelta(seconds=span_s)):
-            params = [span_s, grouping_name(self.canonical), ts_to_db(first), ts_to_db(last)]
-            for k1, k2, *values in self.db.execute_sql(query, params):
-                cell = self.group(k1, k2)
+            params = [span_s, grouping_name(self.canonical), ts_to_db(first), ts_to_db(last), *scope]
+            for instance, k1, k2, *values in self.db.execute_sql(query, params):
+                cell = self.group(instance, k1, k2)
                 cell.add_sums(values[:width])
                 for metric, text in enumerate(values[width:]):
                     cell.add_encoded(metric, text)
@@ -213,12 +240,21 @@ class _Reader:
     def add_records(self, ranges: Sequence[tuple[datetime, datetime]]) -> None:
         """The records in these ranges (the window's partial periods), with the rollups' own
         expressions."""
-        params = [ts_to_db(ts) for span in ranges for ts in span]
-        sql = self.sql.aggregate(self.sql.where_ts(len(ranges)), self.canonical)
-        n = len(self.canonical)
+        params: list[object] = [ts_to_db(ts) for span in ranges for ts in span]
+        where = f"({self.sql.where_ts(len(ranges))})"
+        if self.instance is not None:
+            # A record without an instance is "" in the rollups.
+            column = self.sql.q("instance")
+            if self.instance:
+                where += f" AND {column} = {self.sql.param}"
+                params.append(self.instance)
+            else:
+                where += f" AND ({column} IS NULL OR {column} = '')"
+        sql = self.sql.aggregate(where, self.canonical, per_instance=self.by_instance)
+        n = len(self.canonical) + self.by_instance
         for row in self.db.execute_sql(sql, params):
-            keys = [*row[:n], "", ""]
-            cell = self.group(keys[0], keys[1])
+            keys = [*row[:n], "", "", ""] if self.by_instance else ["", *row[:n], "", ""]
+            cell = self.group(keys[0], keys[1], keys[2])
             metric = row[n]
             for target in (cell, self.raw_total):
                 if metric < 0:
@@ -279,20 +315,22 @@ def compute_stats(
     until: datetime,
     group_by: Sequence[str] = (),
     *,
+    instance: str | None = None,
     snapshot: bool = True,
     rollups: bool = True,
 ) -> dict[str, Any]:
-    """Requests, errors, tokens and latency, TTFT and tokens/s percentiles of the records with
-    `since <= ts < until`, in total and per group of `group_by` (0-2 of DIMENSIONS; a value
+    """Requests, errors, tokens, cost and latency, TTFT and tokens/s percentiles of the records
+    with `since <= ts < until` (of one sidecar, `instance`; of all when None; "" names the
+    records without one), in total and per group of `group_by` (0-2 of GROUP_BY; a value
     that is missing or empty is reported as null). Groups are sorted by requests, most first.
     `snapshot=False` for a connection shared with the writer (`:memory:`), which must not
     open a transaction of its own. `rollups=False` reads every record (the reference the
     tests and the bench compare with)."""
     since, until = as_utc(since), as_utc(until)
-    reader = _Reader(db, group_by)
+    reader = _Reader(db, group_by, instance)
     # The total of a grouped answer reads the rollups' own total rather than merging every
     # group's buckets: a few rows instead of all of them.
-    totals = _Reader(db, ())
+    totals = _Reader(db, (), instance)
     with _snapshot(db) if snapshot else contextlib.nullcontext():
         covered, raw = _plan(db, since, until) if rollups else ([], [(since, until)])
         for span_s, periods in covered:
@@ -302,18 +340,18 @@ def compute_stats(
         if raw:
             reader.add_records(raw)
     if group_by:
-        total = totals.group("", "")
+        total = totals.group("", "", "")
         total.merge(reader.raw_total)
     else:
-        total = reader.group("", "")
+        total = reader.group("", "", "")
 
     groups = []
     position = {d: i for i, d in enumerate(reader.canonical)}
-    for (k1, k2), group in reader.groups.items():
+    for (inst, k1, k2), group in reader.groups.items():
         if not group.sums[0]:
             continue
         values = (k1, k2)
-        key = {d: (values[position[d]] or None) for d in group_by}
+        key = {d: ((inst if d == INSTANCE else values[position[d]]) or None) for d in group_by}
         groups.append({"key": key, **_stats(group)})
     groups.sort(key=lambda g: (-g["requests"], [str(v) for v in g["key"].values()]))
     return {
@@ -321,6 +359,8 @@ def compute_stats(
         "until": _iso(until),
         "window_s": _number((until - since).total_seconds()),
         "group_by": list(group_by),
+        "scope": "fleet" if instance is None else "local",
+        "instance": instance,
         "percentiles": "approximate",
         "percentile_error": PERCENTILE_ERROR,
         "total": _stats(total),

@@ -1,5 +1,6 @@
-"""`GET /ops/stats`: requests, errors, tokens and latency percentiles over a window, in total
-and per group. The query runs in a worker thread on its own connection, so it never stalls the
+"""`GET /ops/stats`: requests, errors, tokens, cost and latency percentiles over a window, in
+total and per group, of this sidecar's records (`scope=local`) or the whole fleet's in a shared
+store (`scope=fleet`). The query runs in a worker thread on its own connection, so it never stalls the
 proxy's event loop; and an answer is reused for CACHE_S seconds by every caller that asks the
 same question, so many dashboard panels polling at once cost one query, not one each (the
 query's Python work holds the GIL the proxy needs)."""
@@ -17,8 +18,18 @@ from aiohttp import web
 
 from agent.durations import parse_duration
 from agent.store.database import StoreError, first_line, open_database
-from agent.store.rollups import DIMENSIONS
-from agent.store.stats import WINDOWS, StatsError, Window, compute_stats, parse_group_by, resolve_window
+from agent.store.stats import (
+    GROUP_BY,
+    SCOPES,
+    WINDOWS,
+    StatsError,
+    Window,
+    compute_stats,
+    parse_group_by,
+    parse_scope,
+    resolve_window,
+)
+from ops_api.about import instance as own_instance
 from ops_api.errors import OpsError
 from ops_api.openapi import error_responses, json_content
 from ops_api.view import SIDECAR
@@ -26,17 +37,17 @@ from ops_api.view import SIDECAR
 routes = web.RouteTableDef()
 
 CACHE_S: Final = 5.0
-_Key = tuple[str | None, str | None, str | None, tuple[str, ...]]
+_Key = tuple[str | None, str | None, str | None, tuple[str, ...], str | None]
 # Per app: the question -> (when it was asked, the answer being computed or computed).
 _CACHES: weakref.WeakKeyDictionary[web.Application, dict[_Key, tuple[float, asyncio.Future[Any]]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _query(url: str, window: Window, group_by: tuple[str, ...]) -> dict[str, Any]:
+def _query(url: str, window: Window, group_by: tuple[str, ...], instance: str | None) -> dict[str, Any]:
     db = open_database(url, create=False)
     try:
-        return compute_stats(db, window.since, window.until, group_by)
+        return compute_stats(db, window.since, window.until, group_by, instance=instance)
     finally:
         db.close()
 
@@ -54,16 +65,18 @@ async def stats(request: web.Request) -> web.Response:
             retention=parse_duration(side.config.retention),
         )
         group_by = parse_group_by(query.get("group_by"))
+        scope = parse_scope(query.get("scope"))
     except StatsError as e:
         raise OpsError(400, str(e), allowed=e.allowed) from None
-    key = (query.get("window"), query.get("since"), query.get("until"), group_by)
+    instance = own_instance(side) if scope == "local" else None
+    key = (query.get("window"), query.get("since"), query.get("until"), group_by, instance)
     cache = _CACHES.setdefault(request.app, {})
     now = time.monotonic()
     for stale in [k for k, (at, _) in cache.items() if now - at > CACHE_S]:
         del cache[stale]
     hit = cache.get(key)
     if hit is None:
-        future = asyncio.ensure_future(_compute(side, window, group_by))
+        future = asyncio.ensure_future(_compute(side, window, group_by, instance))
         cache[key] = (now, future)
     else:
         future = hit[1]
@@ -78,12 +91,20 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-async def _compute(side: Any, window: Window, group_by: tuple[str, ...]) -> dict[str, Any]:
+async def _compute(
+    side: Any, window: Window, group_by: tuple[str, ...], instance: str | None
+) -> dict[str, Any]:
     if not side.store.db.thread_safe:  # `:memory:`: one connection, shared with the writer
         return await asyncio.to_thread(
-            compute_stats, side.store.db, window.since, window.until, group_by, snapshot=False
+            compute_stats,
+            side.store.db,
+            window.since,
+            window.until,
+            group_by,
+            instance=instance,
+            snapshot=False,
         )
-    return await asyncio.to_thread(_query, side.config.db, window, group_by)
+    return await asyncio.to_thread(_query, side.config.db, window, group_by, instance)
 
 
 _PERCENTILES = {
@@ -101,6 +122,11 @@ _STATS_PROPERTIES: dict[str, Any] = {
     "reasoning_tokens": {"type": "integer"},
     "estimated": {"type": "integer", "minimum": 0, "description": "Records whose tokens were estimated"},
     "estimated_share": {"type": "number", "minimum": 0, "maximum": 1},
+    "cost": {
+        "type": ["number", "null"],
+        "description": "Sum of the records' costs (each to 1e-9); null when none had a cost",
+    },
+    "costed": {"type": "integer", "minimum": 0, "description": "Records that had a cost"},
     "latency_ms": _PERCENTILES,
     "ttft_ms": _PERCENTILES,
     "tokens_per_second": {
@@ -133,6 +159,8 @@ STATS_RESPONSE_SCHEMA: dict[str, Any] = {
         "until",
         "window_s",
         "group_by",
+        "scope",
+        "instance",
         "percentiles",
         "percentile_error",
         "total",
@@ -142,7 +170,12 @@ STATS_RESPONSE_SCHEMA: dict[str, Any] = {
         "since": {"type": "string", "format": "date-time"},
         "until": {"type": "string", "format": "date-time"},
         "window_s": {"type": "number"},
-        "group_by": {"type": "array", "items": {"type": "string", "enum": list(DIMENSIONS)}},
+        "group_by": {"type": "array", "items": {"type": "string", "enum": list(GROUP_BY)}},
+        "scope": {"type": "string", "enum": list(SCOPES)},
+        "instance": {
+            "type": ["string", "null"],
+            "description": "The sidecar whose records these are (scope local); null: every one",
+        },
         "percentiles": {"type": "string", "enum": ["exact", "approximate"]},
         "percentile_error": {"type": "number", "description": "Largest relative error of a percentile"},
         "total": {"$ref": "#/components/schemas/Stats"},
@@ -184,8 +217,15 @@ OPENAPI: dict[str, Any] = {
                     {
                         "name": "group_by",
                         "in": "query",
-                        "description": "Zero to two of " + ", ".join(DIMENSIONS) + ", comma-separated",
+                        "description": "Zero to two of " + ", ".join(GROUP_BY) + ", comma-separated",
                         "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "scope",
+                        "in": "query",
+                        "description": "local: this sidecar's records (its instance id); fleet "
+                        "(default): every sidecar's in the store",
+                        "schema": {"type": "string", "enum": list(SCOPES)},
                     },
                 ],
                 "responses": {

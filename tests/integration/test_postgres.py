@@ -13,12 +13,14 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from agent.cli import main
 from agent.records import UsageRecord
 from agent.sim import SimulatedLLM
 from agent.store.database import migrate, open_database
@@ -253,3 +255,80 @@ def test_run_stops_at_start_with_one_line_when_postgresql_is_unreachable(tmp_pat
 
 
 pytestmark = pytest.mark.timeout(300)
+
+
+async def test_stats_of_one_sidecar_or_the_whole_fleet_on_a_shared_store(
+    postgres_url: str, start_sidecar: Callable[..., object], tmp_path: Path
+) -> None:
+    """A running sidecar ("edge-1") and another one's records ("edge-2", written through a
+    second UsageStore, with costs) on one PostgreSQL: scope=local answers edge-1's own
+    requests, fleet (the default) both, and the cost sums are the records' to the last digit."""
+    sim = SimulatedLLM("ollama", token_delay=0.0)
+    upstream = await sim.start()
+    try:
+        side: RunningSidecar = await start_sidecar(  # type: ignore[misc]
+            upstream, db=postgres_url, data_dir=str(tmp_path / "pg"), instance_id="edge-1"
+        )
+        since = datetime.now(UTC) - timedelta(minutes=1)
+        ids = []
+        async with httpx.AsyncClient(base_url=side.url, timeout=30) as http:
+            for i in range(9):
+                rid = f"edge1-{i}-{uuid.uuid4().hex[:6]}"
+                res = await http.post(
+                    "/api/generate",
+                    json={"model": "sim-model", "prompt": f"hi {i}", "stream": False},
+                    headers={"X-Request-ID": rid, "X-User-Id": "ann"},
+                )
+                assert res.status_code == 200
+                ids.append(rid)
+        for rid in ids:
+            await side.record(rid)
+        other = UsageStore(postgres_url, spill_dir=tmp_path / "spill-2")
+        other.start()
+        costs = [0.000123456, 1.5, 0.25, 0.000000001, 17.0, None, 0.1, 0.2]
+        for i, cost in enumerate(costs):
+            other.submit(UsageRecord(request_id=f"edge2-{i}", instance="edge-2", model="m2", cost=cost))
+        assert await asyncio.to_thread(other.flush, 10)
+        other.close()
+        until = datetime.now(UTC) + timedelta(seconds=5)
+        window = {"since": since.isoformat(), "until": until.isoformat()}
+
+        async with httpx.AsyncClient(base_url=side.ops_url, timeout=30) as ops:
+            local = (await ops.get("/ops/stats", params={**window, "scope": "local"})).json()
+            fleet = (await ops.get("/ops/stats", params={**window, "scope": "fleet"})).json()
+            default = (await ops.get("/ops/stats", params=window)).json()
+            per = (await ops.get("/ops/stats", params={**window, "group_by": "instance"})).json()
+            bad = await ops.get("/ops/stats", params={**window, "scope": "mine"})
+        assert (local["scope"], local["instance"], local["total"]["requests"]) == ("local", "edge-1", 9)
+        assert local["total"]["cost"] is None and local["total"]["costed"] == 0  # no price table
+        assert (fleet["scope"], fleet["instance"], fleet["total"]["requests"]) == ("fleet", None, 17)
+        assert default["total"] == fleet["total"]
+        # 0.1 + 0.2 alone is 0.30000000000000004 in floats: the sums are exact to 1e-9.
+        assert fleet["total"]["cost"] == 19.050123457 and fleet["total"]["costed"] == 7
+        assert {g["key"]["instance"]: (g["requests"], g["cost"]) for g in per["groups"]} == {
+            "edge-1": (9, None),
+            "edge-2": (8, 19.050123457),
+        }
+        assert bad.status_code == 400 and bad.json()["error"]["allowed"] == ["local", "fleet"]
+
+        flags = ["--db", postgres_url, "--since", window["since"], "--until", window["until"]]
+        runner = CliRunner()
+        cli = await asyncio.to_thread(
+            runner.invoke, main, ["stats", *flags, "--instance", "edge-2", "--format", "json"]
+        )
+        assert cli.exit_code == 0, cli.output
+        body = json.loads(cli.stdout)
+        assert (body["scope"], body["instance"], body["total"]["requests"]) == ("local", "edge-2", 8)
+        assert body["total"]["cost"] == 19.050123457
+        csv_out = await asyncio.to_thread(
+            runner.invoke, main, ["stats", *flags, "--by", "instance", "--format", "csv"]
+        )
+        assert csv_out.exit_code == 0, csv_out.output
+        rows = {line.split(",")[0]: line.split(",") for line in csv_out.stdout.splitlines()[1:]}
+        header = csv_out.stdout.splitlines()[0].split(",")
+        assert rows["edge-2"][header.index("cost")] == "19.050123457"
+        assert rows["edge-1"][header.index("cost")] == ""
+        no_name = await asyncio.to_thread(runner.invoke, main, ["stats", *flags, "--scope", "local"])
+        assert no_name.exit_code == 2 and "--instance NAME" in no_name.output
+    finally:
+        await sim.stop()

@@ -1,6 +1,7 @@
-"""Usage statistics: parsing windows and groupings, the buckets' error bound, and the rollups
-agreeing with the records themselves for random windows, late records, pruning and the
-schema 2 -> 3 migration (real SQLite files and a real PostgreSQL server)."""
+"""Usage statistics: parsing windows, groupings and scopes, the buckets' error bound, and the
+rollups agreeing with the records themselves (counts, cost sums to the last digit, percentiles
+within the bound) for random windows, one sidecar or the fleet, late records, pruning and the
+schema 2 -> 3 and 3 -> 4 migrations, on real SQLite files and the real PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import peewee
@@ -26,12 +29,14 @@ from agent.store.rollups import (
     roll_up_periods,
     rolled_periods,
 )
-from agent.store.schema import ROLLED_TABLE, ROLLUP_TABLE
+from agent.store.schema import ROLLED_TABLE, ROLLUP_TABLE, ts_to_db
 from agent.store.stats import (
+    GROUP_BY,
     PERCENTILE_ERROR,
     StatsError,
     compute_stats,
     parse_group_by,
+    parse_scope,
     resolve_window,
 )
 from agent.store.writer import UsageStore
@@ -53,7 +58,16 @@ def test_group_by_takes_up_to_two_known_dimensions_in_the_callers_order() -> Non
 def test_a_bad_group_by_says_which_dimensions_exist(text: str) -> None:
     with pytest.raises(StatsError) as err:
         parse_group_by(text)
-    assert err.value.allowed == list(DIMENSIONS)
+    assert err.value.allowed == list(GROUP_BY) == [*DIMENSIONS, "instance"]
+
+
+def test_scope_is_local_or_fleet_and_fleet_by_default() -> None:
+    assert parse_scope(None) == "fleet"
+    assert parse_scope("local") == "local" and parse_scope(" fleet") == "fleet"
+    for bad in ("", "all", "LOCAL"):
+        with pytest.raises(StatsError, match="unknown scope") as err:
+            parse_scope(bad)
+        assert err.value.allowed == ["local", "fleet"]
 
 
 def test_windows_count_back_from_now() -> None:
@@ -109,6 +123,7 @@ def test_every_value_is_within_the_stated_error_of_its_bucket() -> None:
 TEAMS = ("quant", "eval", None, "")
 MODELS = ("llama3", "qwen", None)
 USERS = ("ana", "bo", "cy", None)
+INSTANCES = ("pod-a", "pod-b", None)
 OUTCOMES = ("ok", "ok", "ok", "upstream_error", "client_cancelled")
 
 
@@ -132,6 +147,9 @@ def random_record(rng: random.Random, i: int, ts: datetime) -> UsageRecord:
         latency_ms=None if rng.random() < 0.05 else latency,
         ttft_ms=rng.lognormvariate(3, 0.7) if chat else None,
         tokens_per_second=rng.uniform(5, 90) if chat and rng.random() < 0.9 else None,
+        instance=rng.choice(INSTANCES),
+        # Costs with up to 9 decimals, like a price table's, some far below a cent; some unknown.
+        cost=rng.choice([None, 0.0, round(rng.uniform(0, 0.02), 9), round(rng.uniform(0, 40), 9)]),
     )
 
 
@@ -143,11 +161,18 @@ def nearest_rank(values: Sequence[float], q: int) -> float | None:
 
 
 def reference(
-    db: peewee.Database, since: datetime, until: datetime, group_by: Sequence[str]
+    db: peewee.Database,
+    since: datetime,
+    until: datetime,
+    group_by: Sequence[str],
+    instance: str | None = None,
 ) -> dict[Any, Any]:
-    """The statistics computed in plain Python from every record in the window."""
+    """The statistics computed in plain Python from every record in the window (of one
+    instance, "" for those without one; of all when None)."""
     groups: dict[tuple[Any, ...], list[UsageRecord]] = {}
     for r in iter_records(db, since=since, until=until):
+        if instance is not None and (r.instance or "") != instance:
+            continue
         key = tuple(getattr(r, d) or None for d in group_by)
         groups.setdefault(key, []).append(r)
     out = {}
@@ -160,6 +185,9 @@ def reference(
             "cached_tokens": sum(r.cached_tokens or 0 for r in records),
             "reasoning_tokens": sum(r.reasoning_tokens or 0 for r in records),
             "estimated": sum(r.usage_source == "estimated" for r in records),
+            "costed": sum(r.cost is not None for r in records),
+            # Exact decimal sums of the costs as written (each has at most 9 decimals).
+            "cost": sum((Decimal(repr(r.cost)) for r in records if r.cost is not None), Decimal(0)),
             "latency_ms": [r.latency_ms for r in records if r.latency_ms is not None],
             "ttft_ms": [r.ttft_ms for r in records if r.ttft_ms is not None],
             "tokens_per_second": [r.tokens_per_second for r in records if r.tokens_per_second is not None],
@@ -168,10 +196,15 @@ def reference(
 
 
 def assert_agrees(
-    db: peewee.Database, since: datetime, until: datetime, group_by: Sequence[str]
+    db: peewee.Database,
+    since: datetime,
+    until: datetime,
+    group_by: Sequence[str],
+    instance: str | None = None,
 ) -> dict[str, Any]:
-    body = compute_stats(db, since, until, group_by)
-    expected = reference(db, since, until, group_by)
+    body = compute_stats(db, since, until, group_by, instance=instance)
+    expected = reference(db, since, until, group_by, instance)
+    assert (body["scope"], body["instance"]) == ("fleet" if instance is None else "local", instance)
     got = (
         {tuple(g["key"][d] for d in group_by): g for g in body["groups"]} if group_by else {(): body["total"]}
     )
@@ -189,8 +222,13 @@ def assert_agrees(
             "cached_tokens",
             "reasoning_tokens",
             "estimated",
+            "costed",
         ):
             assert stats[name] == want[name], (key, name, since, until)
+        if want["costed"]:
+            assert Decimal(repr(stats["cost"])) == want["cost"], (key, since, until)
+        else:
+            assert stats["cost"] is None
         for metric, qs in (
             ("latency_ms", (50, 95, 99)),
             ("ttft_ms", (50, 95, 99)),
@@ -328,3 +366,120 @@ def test_an_empty_window_has_zero_counts_and_no_percentiles(db: peewee.Database)
     assert body["total"]["requests"] == 0 and body["total"]["error_rate"] == 0.0
     assert body["total"]["latency_ms"] == {"p50": None, "p95": None, "p99": None}
     assert body["percentiles"] == "approximate" and body["percentile_error"] == PERCENTILE_ERROR
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLite file, then a database on the real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'usage.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def test_one_sidecar_or_the_fleet_and_their_costs_agree_with_the_records(any_store_url: str) -> None:
+    rng = random.Random(21)
+    now = utcnow()
+    start = now - timedelta(hours=3)
+    write(any_store_url, spread(rng, 1200, start, 2.5))
+    db = open_database(any_store_url)
+    try:
+        assert roll_up_periods(db, now) > 0
+        late = spread(rng, 200, start, 2.5, first_id=50_000)  # folded into rolled-up periods
+        write(any_store_url, late)
+        windows = [(start - timedelta(hours=1), now), *(random_window(rng, start, now) for _ in range(6))]
+        for since, until in windows:
+            fleet = assert_agrees(db, since, until, ("team",))
+            parts = [assert_agrees(db, since, until, ("team",), instance=i) for i in ("pod-a", "pod-b", "")]
+            assert sum(p["total"]["requests"] for p in parts) == fleet["total"]["requests"]
+            assert sum(p["total"]["costed"] for p in parts) == fleet["total"]["costed"]
+            by_instance = assert_agrees(db, since, until, ("instance", "model"))
+            assert {g["key"]["instance"] for g in by_instance["groups"]} <= {"pod-a", "pod-b", None}
+            assert_agrees(db, since, until, ("instance",), instance="pod-b")
+        assert assert_agrees(db, start - timedelta(hours=1), now, ())["total"]["requests"] == 1400
+        assert (
+            compute_stats(db, start, now, instance="pod-z")["total"]
+            == compute_stats(db, now - timedelta(days=3), now - timedelta(days=2))["total"]
+        )  # an unknown instance has nothing: zeros, null cost, no percentiles
+    finally:
+        db.close()
+
+
+def test_prune_keeps_per_instance_rollups_and_costs_exact_on_postgresql(postgres_url: str) -> None:
+    rng = random.Random(13)
+    now = utcnow()
+    start = now - timedelta(hours=4)
+    write(postgres_url, spread(rng, 1000, start, 3.5))
+    db = open_database(postgres_url)
+    try:
+        roll_up_periods(db, now)
+        cut = start + timedelta(hours=1, minutes=41, seconds=7)
+        assert delete_records(db, before=cut) > 0
+        for instance in (None, "pod-a", ""):
+            assert_agrees(db, start - timedelta(hours=1), now, ("model",), instance=instance)
+            assert_agrees(db, cut - timedelta(minutes=20), cut + timedelta(minutes=70), (), instance=instance)
+    finally:
+        db.close()
+
+
+# What the rollup table looked like in schema 3: no instance key, no cost sums.
+_V3_ROLLUPS = """CREATE TABLE usage_rollups (span_s INTEGER NOT NULL, dims TEXT NOT NULL,
+    period DATETIME NOT NULL, k1 TEXT NOT NULL, k2 TEXT NOT NULL, requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL, estimated INTEGER NOT NULL,
+    latency_ms TEXT NOT NULL, ttft_ms TEXT NOT NULL, tokens_per_second TEXT NOT NULL,
+    PRIMARY KEY (span_s, dims, period, k1, k2))"""
+
+
+def test_a_schema_3_store_with_rollups_becomes_4_and_answers_the_same(store_url: str) -> None:
+    rng = random.Random(17)
+    now = utcnow()
+    start = now - timedelta(hours=4)
+    records = spread(rng, 900, start, 3.5)
+    for r in records:  # schema 3 had neither
+        r.instance = r.cost = None
+    write(store_url, records)
+    db = open_database(store_url)
+    window = (start - timedelta(hours=1), now)
+    before = compute_stats(db, *window, ("team", "model"))
+    # Make it a schema 3 file: old columns, old rollups (filled: a v3 sidecar had rolled up).
+    db.execute_sql("DROP INDEX usagelog_instance")
+    for column in ("instance", "cost"):
+        db.execute_sql(f"ALTER TABLE usage_logs DROP COLUMN {column}")
+    db.execute_sql(f"DROP TABLE {ROLLUP_TABLE}")
+    db.execute_sql(f"DELETE FROM {ROLLED_TABLE}")
+    db.execute_sql(_V3_ROLLUPS)
+    db.execute_sql(
+        "INSERT INTO usage_rollups VALUES (3600, '', ?, '', '', 5, 0, 1, 1, 0, 0, 0, '[]', '[]', '[]')",
+        (floor_hour(start),),
+    )
+    db.execute_sql(f"INSERT INTO {ROLLED_TABLE} (span_s, period) VALUES (3600, ?)", (floor_hour(start),))
+    db.execute_sql("DELETE FROM schema_meta")
+    db.execute_sql("INSERT INTO schema_meta (version) VALUES (3)")
+    db.close()
+
+    db = open_database(store_url)
+    try:
+        migrate(db)
+        columns = {c.name for c in db.get_columns(ROLLUP_TABLE)}
+        assert {"instance", "costed", "cost_e9"} <= columns
+        assert db.execute_sql(f"SELECT COUNT(*) FROM {ROLLED_TABLE}").fetchone()[0] == 0
+        # Nothing rolled up yet: the window reads the records, and the old rollup row is gone.
+        migrated = assert_agrees(db, *window, ("team", "model"))
+        assert migrated["total"] == before["total"] and migrated["groups"] == before["groups"]
+        store = UsageStore(store_url, journal=False)
+        store.start()
+        deadline = time.monotonic() + 60
+        while len(rolled_periods(db, 3600, window[0], now)) < 3:
+            assert time.monotonic() < deadline, "the writer did not roll up the stored records"
+            time.sleep(0.05)
+        store.close()
+        rolled = assert_agrees(db, *window, ("team", "model"))
+        assert rolled["total"] == before["total"] and rolled["groups"] == before["groups"]
+        assert rolled["total"]["cost"] is None and rolled["total"]["costed"] == 0
+    finally:
+        db.close()
+
+
+def floor_hour(ts: datetime) -> str:
+    """The hour's start as the store writes periods."""
+    return ts_to_db(ts.replace(minute=0, second=0, microsecond=0))

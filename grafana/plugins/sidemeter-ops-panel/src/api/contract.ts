@@ -82,6 +82,8 @@ export interface Stats {
   reasoning_tokens: number;
   estimated: number;
   estimated_share: number;
+  cost: number | null; // sum of the records' costs; null when none had one
+  costed: number; // records that had a cost
   latency_ms: Percentiles;
   ttft_ms: Percentiles;
   tokens_per_second: { p50: number | null };
@@ -96,6 +98,8 @@ export interface StatsAnswer {
   until: string;
   window_s: number;
   group_by: string[];
+  scope: 'local' | 'fleet';
+  instance: string | null; // the sidecar of scope local; null for the fleet
   percentiles: 'exact' | 'approximate';
   percentile_error: number;
   total: Stats;
