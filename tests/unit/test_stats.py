@@ -423,7 +423,7 @@ def test_prune_keeps_per_instance_rollups_and_costs_exact_on_postgresql(postgres
 
 # What the rollup table looked like in schema 3: no instance key, no cost sums.
 _V3_ROLLUPS = """CREATE TABLE usage_rollups (span_s INTEGER NOT NULL, dims TEXT NOT NULL,
-    period DATETIME NOT NULL, k1 TEXT NOT NULL, k2 TEXT NOT NULL, requests INTEGER NOT NULL,
+    period TIMESTAMP NOT NULL, k1 TEXT NOT NULL, k2 TEXT NOT NULL, requests INTEGER NOT NULL,
     errors INTEGER NOT NULL, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
     cached_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL, estimated INTEGER NOT NULL,
     latency_ms TEXT NOT NULL, ttft_ms TEXT NOT NULL, tokens_per_second TEXT NOT NULL,
@@ -449,10 +449,13 @@ def test_a_schema_3_store_with_rollups_becomes_4_and_answers_the_same(store_url:
     db.execute_sql(f"DELETE FROM {ROLLED_TABLE}")
     db.execute_sql(_V3_ROLLUPS)
     db.execute_sql(
-        "INSERT INTO usage_rollups VALUES (3600, '', ?, '', '', 5, 0, 1, 1, 0, 0, 0, '[]', '[]', '[]')",
+        f"INSERT INTO usage_rollups VALUES (3600, '', {db.param}, '', '', 5, 0, 1, 1, 0, 0, 0, "
+        "'[]', '[]', '[]')",
         (floor_hour(start),),
     )
-    db.execute_sql(f"INSERT INTO {ROLLED_TABLE} (span_s, period) VALUES (3600, ?)", (floor_hour(start),))
+    db.execute_sql(
+        f"INSERT INTO {ROLLED_TABLE} (span_s, period) VALUES (3600, {db.param})", (floor_hour(start),)
+    )
     db.execute_sql("DELETE FROM schema_meta")
     db.execute_sql("INSERT INTO schema_meta (version) VALUES (3)")
     db.close()
