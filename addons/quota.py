@@ -10,6 +10,9 @@ The headers follow draft-ietf-httpapi-ratelimit-headers-06: `RateLimit-Limit`,
 `RateLimit-Remaining` (after this request's reservation) and `RateLimit-Reset` (seconds until
 the window ends) of the caller's limit closest to running out; a 429 also has `Retry-After`.
 
+In a fleet whose shared counters are stale (the store is down), a limit whose kind fails closed
+refuses with 503 and `Retry-After` instead: the sidecar cannot tell whether it is used up.
+
 Standalone: `mitmdump ... -s addons/errors.py -s addons/auth.py -s addons/meter.py
 -s addons/quota.py -s addons/record.py` reads the [[quotas]] rules of ./sidemeter.toml (the
 counters then start empty: only the sidecar rebuilds them from its store).
@@ -34,6 +37,7 @@ from agent.settings import declare_options, option_names, read_options
 log = logging.getLogger("sidemeter.quota")
 
 QUOTA_EXCEEDED: Final = "quota_exceeded"
+QUOTA_UNAVAILABLE: Final = "quota_unavailable"
 OURS: Final = frozenset({b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset"})
 COUNTED: Final = frozenset({Operation.CHAT, Operation.COMPLETION, Operation.EMBEDDING, Operation.RESPONSES})
 
@@ -51,7 +55,8 @@ def refusal_error(decision: Decision) -> str:
     """The record's `error` of a refused request: the code, then the rule and limit that refused."""
     assert decision.refused_by is not None
     lim = decision.refused_by.limit
-    return f"{QUOTA_EXCEEDED}: rule {decision.rule.name} ({decision.scope}) {lim.key} {lim.value}"
+    code = QUOTA_UNAVAILABLE if decision.unavailable else QUOTA_EXCEEDED
+    return f"{code}: rule {decision.rule.name} ({decision.scope}) {lim.key} {lim.value}"
 
 
 class Quota:
@@ -61,9 +66,12 @@ class Quota:
     The runtime passes its ledger (rebuilt from the store); under `mitmdump -s` the rules come
     from ./sidemeter.toml and the `sidemeter_quota_*` options."""
 
-    def __init__(self, ledger: Ledger | None = None, default_reservation: int = 1024) -> None:
+    def __init__(
+        self, ledger: Ledger | None = None, default_reservation: int = 1024, unavailable_retry: int = 5
+    ) -> None:
         self.ledger = ledger
         self.default_reservation = default_reservation
+        self.unavailable_retry = unavailable_retry  # Retry-After of a 503 while the counters are stale
         self._from_options = ledger is None
 
     def load(self, loader: Loader) -> None:
@@ -100,9 +108,21 @@ class Quota:
         refused = decision.refused_by
         if refused is None:
             return
+        lim = refused.limit
+        if decision.unavailable:
+            refuse(
+                flow,
+                503,
+                f"quota unavailable: {lim.key} of {decision.scope} (rule {decision.rule.name}) cannot "
+                "be checked while the shared usage store is unreachable, and this kind of limit fails "
+                f"closed; retry in {self.unavailable_retry} s",
+            )
+            rec.error = refusal_error(decision)
+            assert flow.response is not None
+            flow.response.headers["Retry-After"] = str(self.unavailable_retry)
+            return
         now = ledger.clock()
         wait = refused.reset_in(now)
-        lim = refused.limit
         refuse(
             flow,
             429,

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import gc
 import logging
+import math
 import os
 import signal
 import socket
@@ -40,6 +41,7 @@ from agent.logs import AccessLog
 from agent.proxy.dispatch import HandlerError, HookIndex, SidecarOptions
 from agent.proxy.internals import use_connection_handler
 from agent.proxy.limits import ConnectionLimits, LimitedConnectionHandler, fit_open_files
+from agent.quota.fleet import FleetSync, closed_periods, load_fleet
 from agent.quota.history import rebuild
 from agent.quota.ledger import Ledger
 from agent.quota.windows import zone
@@ -53,6 +55,8 @@ from ops_api.reads import query_store
 log = logging.getLogger("sidemeter")
 
 _CUT_WAIT_S = 5.0  # after the grace period: for cut flows to be recorded and their connections to close
+_PRUNE_EVERY_S = 60.0  # quota scopes of windows that ended are dropped this often
+_PRUNE_SLICE = 1000  # scopes looked at per turn of the loop while pruning
 
 
 class StartupError(Exception):
@@ -105,6 +109,17 @@ class Sidecar:
         )
         self.auth_settings = AuthSettings.from_config(config)
         self.quotas = Ledger(config.quotas, zone(config.quota_timezone))  # counters rebuilt at start
+        # With PostgreSQL the store may be shared by a fleet: the counters are too.
+        self.quota_sync: FleetSync | None = None
+        if self.quotas and config.db.startswith(("postgres:", "postgresql:")):
+            self.quota_sync = FleetSync(
+                self.quotas,
+                config.db,
+                interval=config.quota_sync_interval,
+                stale_after=config.quota_stale_after,
+                closed=closed_periods(config.quota_store_down_rates, config.quota_store_down_budgets),
+            )
+        self._prune_task: asyncio.Task[None] | None = None
         self.verifier: Verifier | None = None  # loaded in preflight when auth is on
         self.started_at = time.time()
         self.master: Master | None = None
@@ -149,11 +164,19 @@ class Sidecar:
         except StoreError as e:
             raise StartupError(str(e)) from None
         if self.quotas:
-            try:  # one query, off the loop: a restart resets nobody's window
-                await asyncio.to_thread(query_store, self.store, lambda db: rebuild(self.quotas, db))
+            # One query, off the loop: a restart resets nobody's window. A fleet's counters
+            # are the shared ones (every sidecar adds its own there), a lone sidecar's the records.
+            load = rebuild if self.quota_sync is None else load_fleet
+            loaded_at = time.time()
+            try:
+                await asyncio.to_thread(query_store, self.store, lambda db: load(self.quotas, db))
             except StoreError as e:
                 await asyncio.to_thread(self.store.close)
                 raise StartupError(f"quota counters could not be rebuilt: {e}") from None
+            if self.quota_sync is not None:
+                self.quota_sync.started(loaded_at)
+                self.quota_sync.start()
+            self._prune_task = asyncio.create_task(self._prune_quotas(), name="quota-prune")
         if self.config.access_log == "on":
             self.access_log = AccessLog(self.config.log_format)
             self.recorder.listeners.append(self.access_log.observe)
@@ -182,6 +205,16 @@ class Sidecar:
             self.auth_settings.describe(),
         )
 
+    async def _prune_quotas(self) -> None:
+        """Drop the quota scopes whose windows have all ended, once a minute, a slice at a time
+        so the loop is never held for long: memory stays bounded by the active scopes."""
+        while True:
+            await asyncio.sleep(_PRUNE_EVERY_S)
+            keys = list(self.quotas.scopes)
+            for i in range(0, len(keys), _PRUNE_SLICE):
+                self.quotas.prune(keys[i : i + _PRUNE_SLICE], time.time())
+                await asyncio.sleep(0)
+
     async def _start_proxy(self) -> None:
         cfg = self.config
         opts = SidecarOptions()
@@ -191,7 +224,7 @@ class Sidecar:
         # never goes upstream (Meter sees flow.response).
         # Quota after the meter (it reads the parsed request), before the recorder (it reconciles
         # with the meter's final counts); a 429 it answers never goes upstream.
-        quota = Quota(self.quotas, cfg.quota_default_reservation)
+        quota = Quota(self.quotas, cfg.quota_default_reservation, max(1, math.ceil(cfg.quota_stale_after)))
         ours = (
             DialectErrors(),
             self.limits,
@@ -329,6 +362,13 @@ class Sidecar:
         await self.upstream.stop()
         if self.verifier is not None:
             await self.verifier.aclose()
+        if self._prune_task is not None:
+            self._prune_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prune_task
+            self._prune_task = None
+        if self.quota_sync is not None:
+            await asyncio.to_thread(self.quota_sync.stop)  # the last push of this run's usage
         await asyncio.to_thread(self.store.close)
         if self.access_log is not None:
             await asyncio.to_thread(self.access_log.close)  # before the summary line, which comes last

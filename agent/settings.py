@@ -438,6 +438,22 @@ SETTINGS: tuple[Setting, ...] = (
             "Output tokens a request under a token quota holds while it runs when it gives no "
             "max_tokens, num_predict or max_output_tokens.",
             checks=(positive,), metavar="TOKENS", mitmproxy=True),
+    Setting("quota_sync_interval", float, 0.25, "quota",
+            "Seconds between two syncs of the quota counters with a PostgreSQL store shared by a "
+            "fleet: each adds its own usage and reads the others' (off the request path).",
+            checks=(positive,), metavar="S"),
+    Setting("quota_stale_after", float, 5.0, "quota",
+            "Seconds without a successful quota sync after which the fleet counters are stale: "
+            "quota_store_down_rates and quota_store_down_budgets then decide.",
+            checks=(positive,), metavar="S"),
+    Setting("quota_store_down_rates", str, "open", "quota",
+            "While the fleet counters are stale, per-minute limits either admit on this sidecar's "
+            "counts (open) or refuse with 503 (closed).",
+            choices=("open", "closed")),
+    Setting("quota_store_down_budgets", str, "closed", "quota",
+            "While the fleet counters are stale, per-day and per-month limits (budgets) either admit "
+            "on this sidecar's counts (open) or refuse with 503 (closed).",
+            choices=("open", "closed")),
     # -- metrics: what /metrics labels, and how many distinct values it keeps
     Setting("metrics_max_teams", int, 50, "metrics",
             "Distinct team label values /metrics keeps; later teams are counted as 'other'.",

@@ -6,6 +6,7 @@ interleaved rounds of the same run; and the Quota addon's own hooks timed alone 
 the RateLimit-* headers, the reconciliation).
 
     python -O bench/quota.py            # 5 rounds of 5,000 requests per variant; target <= 10 us
+    python -O bench/quota.py --db postgresql://...   # the same with the fleet sync running
 """
 
 from __future__ import annotations
@@ -54,13 +55,13 @@ async def run_hooks(addons: Any, flow: http.HTTPFlow) -> None:
         await addons.handle_lifecycle(hook(flow))
 
 
-async def measure(quotas: bool, requests: int, workdir: Path) -> tuple[float, float]:
+async def measure(quotas: bool, requests: int, workdir: Path, db: str | None = None) -> tuple[float, float]:
     """(whole hook path, the Quota addon's hooks alone): µs of event-loop thread CPU per request."""
     config = Config(
         upstream="http://127.0.0.1:9",
         listen="127.0.0.1:0",
         ops_listen="127.0.0.1:0",
-        db=f"sqlite:///{workdir}/usage.db",
+        db=db or f"sqlite:///{workdir}/usage.db",
         data_dir=str(workdir),
         auth="jwt",
         jwt_secret=SECRET,
@@ -98,6 +99,8 @@ async def measure(quotas: bool, requests: int, workdir: Path) -> tuple[float, fl
         if quotas:  # the rule matched, every request was admitted and reconciled
             (scope,) = sidecar.quotas.scopes.values()
             assert scope.windows["minute"].used[0] == 2 * requests + 200, scope.windows["minute"].used
+            if sidecar.quota_sync is not None:  # and the sync ran alongside
+                assert sidecar.quota_sync.syncs > 0, sidecar.quota_sync.last_error
         return whole, alone
     finally:
         await sidecar.stop()
@@ -107,6 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000, help="requests per round [5000]")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per variant, interleaved [5]")
+    parser.add_argument("--db", help="a PostgreSQL URL: quotas on then run the fleet sync [SQLite]")
     args = parser.parse_args()
     results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     with (
@@ -116,12 +120,13 @@ def main() -> None:
         for rnd in range(args.rounds):
             for on in (False, True):
                 workdir = Path(tmp) / f"{rnd}-{on}"
-                results[on].append(runner.run(measure(on, args.requests, workdir)))
+                results[on].append(runner.run(measure(on, args.requests, workdir, args.db)))
     off = statistics.median(w for w, _ in results[False])
     on = statistics.median(w for w, _ in results[True])
     alone = statistics.median(a for _, a in results[True])
     idle = statistics.median(a for _, a in results[False])
-    print(f"quota check, plain chat request, {args.requests:,} requests x {args.rounds} rounds")
+    sync = "with the fleet sync (PostgreSQL)" if args.db else "one sidecar (SQLite)"
+    print(f"quota check, plain chat request, {args.requests:,} requests x {args.rounds} rounds, {sync}")
     print(f"{'variant':<28} {'us/request':>10}   rounds")
     for name, key, i in (("hook path, quotas off", False, 0), ("hook path, quotas on", True, 0)):
         rounds = " ".join(f"{r[i]:.1f}" for r in results[key])

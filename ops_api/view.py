@@ -8,6 +8,7 @@ from aiohttp import web
 
 from agent.auth.verify import Verifier
 from agent.config import Config
+from agent.quota.fleet import FleetSync
 from agent.quota.ledger import Ledger
 from agent.store.writer import UsageStore
 from agent.teamhealth import TeamHealth
@@ -26,6 +27,7 @@ class SidecarView(Protocol):
     proxy_port: int | None
     ops_port: int | None
     quotas: Ledger  # the quota counters (empty rules: no quotas)
+    quota_sync: FleetSync | None  # shares them with a fleet (PostgreSQL store and rules)
 
     @property
     def proxy_listening(self) -> bool: ...

@@ -11,6 +11,13 @@ usage a window ends with is below `limit + R`, where R is the largest reservatio
 (its max_tokens, or quota_default_reservation), plus what requests used beyond their
 reservations (a request without max_tokens that answered longer than the default, a prompt
 longer than its estimate). requests_per_minute never overshoots.
+
+In a fleet (sidecars sharing a PostgreSQL store, `agent/quota/fleet.py`) each window also
+counts `others`: what the other sidecars used, as of the last sync. Their in-flight
+reservations, and what they finished since that sync, are invisible here, so the bound grows by
+what the other sidecars admit while one's view is stale (see the README's Quotas section).
+While the sync is stale (`fresh_until` has passed) the limits of `closed` periods refuse: their
+decision says `unavailable`.
 """
 
 from __future__ import annotations
@@ -34,13 +41,15 @@ class Window:
     """One fixed window of one scope: usage counted from finished requests, and reserved by
     the requests in flight."""
 
-    __slots__ = ("end", "reserved", "start", "used")
+    __slots__ = ("end", "others", "reserved", "start", "synced", "used")
 
     def __init__(self, start: float, end: float) -> None:
         self.start = start
         self.end = end
-        self.used = [0, 0, 0, 0]
+        self.used = [0, 0, 0, 0]  # this sidecar's finished requests (and the rebuild's)
         self.reserved = [0, 0, 0, 0]
+        self.others = [0, 0, 0, 0]  # the rest of the fleet's, as of the last sync
+        self.synced = [0, 0, 0, 0]  # the part of `used` already added to the shared counters
 
 
 class Scope:
@@ -52,6 +61,13 @@ class Scope:
         self.rule = rule
         self.key = key
         self.windows: dict[str, Window] = {}
+
+    def expire(self, now: float, *, keep_unsynced: bool) -> None:
+        """Drop the windows that have ended (`keep_unsynced`: not those whose usage the sync
+        has yet to share; it pushes ended windows too)."""
+        for period, w in list(self.windows.items()):
+            if now >= w.end and not (keep_unsynced and w.used != w.synced):
+                del self.windows[period]
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~1 µs more a request
@@ -93,6 +109,7 @@ class Decision:
     shown: Standing
     reservation: Reservation | None = None
     refused_by: Standing | None = None
+    unavailable: bool = False  # refused because a closed limit's fleet counters are stale
 
 
 class Ledger:
@@ -113,6 +130,11 @@ class Ledger:
         self.teams: dict[
             str, str | None
         ] = {}  # each user's latest team: whose rule `quota show --user` reads
+        # Set by the fleet sync: until when its counters count as fresh, the periods whose
+        # limits refuse once they are not, and whether ended windows wait for it before pruning.
+        self.fresh_until = math.inf
+        self.closed: frozenset[str] = frozenset()
+        self.shared = False
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -130,6 +152,10 @@ class Ledger:
             self.teams[user] = team
         scope = self._scope(rule, user, team)
         windows = scope.windows
+        if now >= self.fresh_until and self.closed:
+            closed = self._closed_limit(scope, now)
+            if closed is not None:
+                return Decision(rule, scope.key, closed, refused_by=closed, unavailable=True)
         refused: Standing | None = None
         tightest: Limit | None = None
         tightest_left = math.inf
@@ -138,10 +164,10 @@ class Ledger:
             if w is None or now >= w.end:
                 w = self._window(scope, lim.period, now)
             m = lim.metric
-            taken = w.used[m] + w.reserved[m]
+            taken = w.used[m] + w.others[m] + w.reserved[m]
             if taken >= lim.value:
                 if refused is None or w.end > refused.reset_at:  # Retry-After covers every exhausted limit
-                    refused = Standing(lim, w.used[m], w.reserved[m], w.end)
+                    refused = Standing(lim, w.used[m] + w.others[m], w.reserved[m], w.end)
             elif refused is None:
                 left = (lim.value - taken - amounts[m]) / lim.value
                 if left < tightest_left:
@@ -157,7 +183,8 @@ class Ledger:
             r[3] += amounts[3]
         assert tightest is not None  # a rule has at least one limit
         w = windows[tightest.period]
-        shown = Standing(tightest, w.used[tightest.metric], w.reserved[tightest.metric], w.end)
+        m = tightest.metric
+        shown = Standing(tightest, w.used[m] + w.others[m], w.reserved[m], w.end)
         return Decision(rule, scope.key, shown, Reservation(scope, held, amounts))
 
     def reconcile(self, reservation: Reservation, actual: Amounts) -> None:
@@ -208,8 +235,49 @@ class Ledger:
         out = []
         for lim in scope.rule.limits:
             w = self._window(scope, lim.period, now)
-            out.append(Standing(lim, w.used[lim.metric], w.reserved[lim.metric], w.end))
+            m = lim.metric
+            out.append(Standing(lim, w.used[m] + w.others[m], w.reserved[m], w.end))
         return out
+
+    def load_fleet(self, rule_name: str, key: str, period: str, start: float, amounts: Amounts) -> bool:
+        """Set the fleet's usage of the current `period` window of the scope `key` of the rule
+        named `rule_name` (a fleet sidecar's start: the shared counters, not the records);
+        False when no such rule or window is current (the rules changed, the window ended)."""
+        rule = next((r for r in self.rules if r.name == rule_name), None)
+        if rule is None or all(lim.period != period for lim in rule.limits):
+            return False
+        scope = self.scopes.get((rule_name, key))
+        if scope is None:
+            scope = self.scopes[(rule_name, key)] = Scope(rule, key)
+        w = self._window(scope, period, self.clock())
+        if w.start != start:
+            return False
+        w.others[:] = amounts
+        return True
+
+    # -- pruning: off the request path, at most once a minute -----------------------------
+
+    def prune(self, keys: Iterable[tuple[str, str]], now: float) -> int:
+        """Drop the ended windows of the scopes `keys`, and the scopes left without any (with
+        the users whose latest team pointed at them); returns how many scopes went. The
+        runtime calls it with a slice of the keys at a time, so no call holds the loop long."""
+        dropped = 0
+        for k in keys:
+            scope = self.scopes.get(k)
+            if scope is None:
+                continue
+            scope.expire(now, keep_unsynced=self.shared)
+            if not scope.windows:
+                del self.scopes[k]
+                dropped += 1
+        if dropped:
+            self.teams = {
+                u: t
+                for u, t in self.teams.items()
+                if (rule := self.index.match(u, t)) is not None
+                and (rule.name, rule.scope(u, t)) in self.scopes
+            }
+        return dropped
 
     def scope_for(self, user: str | None, team: str | None) -> Scope | None:
         """The scope whose counters apply to `user` (in `team`; None: their latest team) or to
@@ -230,6 +298,15 @@ class Ledger:
         if scope is None:
             scope = self.scopes[(rule.name, key)] = Scope(rule, key)
         return scope
+
+    def _closed_limit(self, scope: Scope, now: float) -> Standing | None:
+        """The first limit of `scope` whose period refuses while the fleet counters are stale."""
+        for lim in scope.rule.limits:
+            if lim.period in self.closed:
+                w = self._window(scope, lim.period, now)
+                m = lim.metric
+                return Standing(lim, w.used[m] + w.others[m], w.reserved[m], w.end)
+        return None
 
     def _window(self, scope: Scope, period: str, now: float) -> Window:
         w = scope.windows.get(period)

@@ -197,7 +197,28 @@ class UsageRolledPeriod(peewee.Model):
         primary_key = peewee.CompositeKey("span_s", "period")
 
 
-MODELS: Final = (UsageLog, SchemaMeta, UsageRollup, UsageRolledPeriod)
+class QuotaUsage(peewee.Model):
+    """The usage one quota scope has in one window, summed over every sidecar sharing the store
+    (PostgreSQL): each adds what its finished requests used (`agent/store/counters.py`) and
+    reads the totals back. What admission needs, not the accounts: the records are those.
+    Rows of windows long over are deleted by the sidecars' sync."""
+
+    rule = peewee.TextField()  # user:alice, team:ml, everyone
+    scope = peewee.TextField()  # whose usage: user:alice or team:ml
+    period = peewee.TextField()  # minute, day, month
+    window_start = peewee.BigIntegerField()  # epoch seconds
+    window_end = peewee.BigIntegerField(index=True)
+    requests = peewee.BigIntegerField(default=0)
+    input_tokens = peewee.BigIntegerField(default=0)
+    output_tokens = peewee.BigIntegerField(default=0)
+    tokens = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "quota_usage"
+        primary_key = peewee.CompositeKey("rule", "scope", "period", "window_start")
+
+
+MODELS: Final = (UsageLog, SchemaMeta, UsageRollup, UsageRolledPeriod, QuotaUsage)
 ROLLUP_TABLE: Final = UsageRollup._meta.table_name
 ROLLED_TABLE: Final = UsageRolledPeriod._meta.table_name
 USAGE_TABLE: Final = UsageLog._meta.table_name

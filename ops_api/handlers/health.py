@@ -51,6 +51,32 @@ def upstream_body(up: UpstreamStatus) -> dict[str, Any]:
     }
 
 
+def quota_body(side: SidecarView) -> dict[str, Any]:
+    """Where the quota counters stand: off (no rules), local (one sidecar's store: exact in
+    memory), synced or stale (a fleet's shared counters), and what stale does to each kind."""
+    cfg, sync = side.config, side.quota_sync
+    body: dict[str, Any] = {
+        "state": "off" if not side.quotas else "local",
+        "rules": len(side.quotas.rules),
+        "scopes": len(side.quotas.scopes),
+        "last_sync": None,
+        "last_error": None,
+        "sync_interval_s": None,
+        "stale_after_s": None,
+        "store_down": {"rates": cfg.quota_store_down_rates, "budgets": cfg.quota_store_down_budgets},
+    }
+    if sync is not None:
+        st = sync.state()
+        body.update(
+            state=st.state,
+            last_sync=iso(st.last_sync),
+            last_error=st.last_error,
+            sync_interval_s=sync.interval,
+            stale_after_s=sync.stale_after,
+        )
+    return body
+
+
 def health_body(side: SidecarView, team_stats: list[TeamStats]) -> dict[str, Any]:
     limits = thresholds(side.config)
     status, reasons = OK, []
@@ -67,6 +93,14 @@ def health_body(side: SidecarView, team_stats: list[TeamStats]) -> dict[str, Any
         status = worst(status, DEGRADED)
         reasons.append(
             f"usage records are spilling to {store.spill_dir}; they are loaded when the database takes them"
+        )
+    quota = quota_body(side)
+    if quota["state"] == "stale":
+        status = worst(status, DEGRADED)
+        closed = [kind for kind, mode in quota["store_down"].items() if mode == "closed"]
+        reasons.append(
+            f"quota counters not synced with the store since {quota['last_sync'] or 'start'}: "
+            + (f"{' and '.join(closed)} refuse with 503" if closed else "every limit admits on local counts")
         )
     teams = []
     for stats in team_stats:
@@ -101,6 +135,7 @@ def health_body(side: SidecarView, team_stats: list[TeamStats]) -> dict[str, Any
             "spilled": store.spilled_total,
             "last_error": store.last_error,
         },
+        "quota": quota,
         "window_s": WINDOW_S,
         "thresholds": {
             "error_rate_degraded": limits.error_rate_degraded,
@@ -139,6 +174,42 @@ UPSTREAM_SCHEMA: dict[str, Any] = {
     },
 }
 
+_MODE = {"type": "string", "enum": ["open", "closed"]}
+QUOTA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "state",
+        "rules",
+        "scopes",
+        "last_sync",
+        "last_error",
+        "sync_interval_s",
+        "stale_after_s",
+        "store_down",
+    ],
+    "properties": {
+        "state": {
+            "type": "string",
+            "enum": ["off", "local", "synced", "stale"],
+            "description": "off: no rules; local: counted in memory from this sidecar's store; "
+            "synced/stale: the fleet's shared counters (PostgreSQL)",
+        },
+        "rules": {"type": "integer", "minimum": 0},
+        "scopes": {"type": "integer", "minimum": 0, "description": "users and teams counted now"},
+        "last_sync": {"type": ["string", "null"], "format": "date-time"},
+        "last_error": _NULLABLE_STRING,
+        "sync_interval_s": _NULLABLE_NUMBER,
+        "stale_after_s": _NULLABLE_NUMBER,
+        "store_down": {
+            "type": "object",
+            "required": ["rates", "budgets"],
+            "properties": {"rates": _MODE, "budgets": _MODE},
+            "description": "while stale: per-minute rates and per-day/month budgets admit (open) "
+            "or refuse 503 (closed)",
+        },
+    },
+}
+
 HEALTH_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": [
@@ -149,6 +220,7 @@ HEALTH_SCHEMA: dict[str, Any] = {
         "uptime_s",
         "upstream",
         "store",
+        "quota",
         "window_s",
         "thresholds",
         "teams",
@@ -171,6 +243,7 @@ HEALTH_SCHEMA: dict[str, Any] = {
                 "last_error": _NULLABLE_STRING,
             },
         },
+        "quota": {"$ref": "#/components/schemas/QuotaHealth"},
         "window_s": {"type": "integer"},
         "thresholds": {
             "type": "object",
@@ -236,5 +309,7 @@ OPENAPI: dict[str, Any] = {
             }
         }
     },
-    "components": {"schemas": {"Health": HEALTH_SCHEMA, "UpstreamHealth": UPSTREAM_SCHEMA}},
+    "components": {
+        "schemas": {"Health": HEALTH_SCHEMA, "UpstreamHealth": UPSTREAM_SCHEMA, "QuotaHealth": QUOTA_SCHEMA}
+    },
 }

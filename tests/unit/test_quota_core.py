@@ -169,3 +169,69 @@ def test_bad_rules_are_reported_one_line_each() -> None:
         rules_from_tables([{"team": "x"}])
     problems = []
     assert parse_rules({"team": "x"}, "f", problems) == () and "list of tables" in problems[0]
+
+
+def test_other_sidecars_usage_counts_and_shows() -> None:
+    led, _ = ledger({"user": "u", "requests_per_minute": 5})
+    d = led.admit("u", None, (1, 0, 0, 0))
+    assert d and d.reservation and d.shown.remaining == 4
+    led.reconcile(d.reservation, (1, 0, 0, 0))
+    (scope,) = led.scopes.values()
+    scope.windows["minute"].others[0] = 3  # what a sync read back: the fleet used 3 more
+    d = led.admit("u", None, (1, 0, 0, 0))
+    assert d and d.refused_by is None and d.shown.used == 4 and d.shown.remaining == 0
+    refused = led.admit("u", None, (1, 0, 0, 0))  # 1 + 3 + 1 in flight = 5: used up
+    assert refused and refused.refused_by is not None and refused.refused_by.used == 4
+    assert [s.used for s in led.standing_of(scope)] == [4]
+
+
+def test_stale_fleet_counters_refuse_closed_kinds_only() -> None:
+    led, clock = ledger(
+        {"user": "rates", "requests_per_minute": 100}, {"user": "budget", "tokens_per_day": 10_000}
+    )
+    led.closed = frozenset({"day", "month"})  # budgets closed, rates open
+    led.fresh_until = clock.t + 5
+    assert led.admit("budget", None, (1, 0, 1, 1)).refused_by is None  # type: ignore[union-attr]
+    clock.t += 5  # no sync for 5 s: stale
+    refused = led.admit("budget", None, (1, 0, 1, 1))
+    assert refused and refused.unavailable and refused.refused_by is not None
+    assert refused.refused_by.limit.key == "tokens_per_day" and refused.reservation is None
+    rate = led.admit("rates", None, (1, 0, 1, 1))
+    assert rate and rate.refused_by is None and not rate.unavailable
+    led.fresh_until = clock.t + 5  # a sync succeeded again
+    assert led.admit("budget", None, (1, 0, 1, 1)).refused_by is None  # type: ignore[union-attr]
+
+
+def test_pruning_keeps_the_scope_count_bounded_with_many_users() -> None:
+    led, clock = ledger({"requests_per_minute": 10})  # everyone: a scope per user
+    t0 = clock.t = T0 - T0 % 60  # the start of a minute
+    peak = 0
+    for minute in range(10):
+        for n in range(1000):  # a thousand new users every minute
+            clock.t = t0 + minute * 60 + n * 0.05
+            d = led.admit(f"user{minute}-{n}", "t", (1, 0, 0, 0))
+            assert d and d.reservation
+            led.reconcile(d.reservation, (1, 0, 0, 0))
+        peak = max(peak, len(led.scopes))
+        keys = list(led.scopes)
+        clock.t = t0 + (minute + 1) * 60  # once a minute, as the runtime does
+        dropped = led.prune(keys[:500], clock.t) + led.prune(keys[500:], clock.t)
+        assert dropped == 1000 and not led.scopes
+        assert len(led.teams) == 0  # the users' latest team went with their scopes
+    assert peak == 1000  # never more than one minute's users
+
+
+def test_pruning_keeps_live_windows_and_unsynced_ended_ones() -> None:
+    led, clock = ledger({"user": "u", "requests_per_minute": 10, "tokens_per_day": 100}, t=T0 - 3600)
+    d = led.admit("u", None, (1, 0, 1, 1))
+    assert d and d.reservation
+    led.reconcile(d.reservation, (1, 0, 1, 1))
+    clock.t += 60  # the minute ended, the day not
+    led.shared = True  # in a fleet: the minute's usage has not been pushed yet
+    assert led.prune(list(led.scopes), clock.t) == 0
+    (scope,) = led.scopes.values()
+    assert set(scope.windows) == {"minute", "day"}
+    w = scope.windows["minute"]
+    w.synced[:] = w.used  # pushed
+    assert led.prune(list(led.scopes), clock.t) == 0 and set(scope.windows) == {"day"}
+    assert led.teams == {"u": None}

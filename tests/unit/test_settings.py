@@ -103,7 +103,8 @@ CONFIG_KEYS = {
     *("ops_role_claim", "ops_roles", "ops_cors_origins", "probe_interval", "probe_timeout"),
     *("ready_requires_upstream", "health_error_rate_degraded", "health_error_rate_down"),
     *("health_latency_p95_degraded", "health_latency_p95_down", "health_min_requests"),
-    *("quota_timezone", "quota_default_reservation"),
+    *("quota_timezone", "quota_default_reservation", "quota_sync_interval", "quota_stale_after"),
+    *("quota_store_down_rates", "quota_store_down_budgets"),
     *("instance_id", "auto_prune"),
 }
 
