@@ -9,6 +9,7 @@ from aiohttp import web
 from agent.auth.verify import Verifier
 from agent.config import Config
 from agent.quota.ledger import Ledger
+from agent.store.registry import Registry
 from agent.store.writer import UsageStore
 from agent.teamhealth import TeamHealth
 from agent.upstream import UpstreamProber
@@ -26,6 +27,7 @@ class SidecarView(Protocol):
     proxy_port: int | None
     ops_port: int | None
     quotas: Ledger  # the quota counters (empty rules: no quotas)
+    registry: Registry  # this sidecar's row in the fleet registry, and the fleet it last read
 
     @property
     def proxy_listening(self) -> bool: ...

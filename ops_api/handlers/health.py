@@ -68,6 +68,10 @@ def health_body(side: SidecarView, team_stats: list[TeamStats]) -> dict[str, Any
         reasons.append(
             f"usage records are spilling to {store.spill_dir}; they are loaded when the database takes them"
         )
+    conflict = side.registry.conflict
+    if conflict:  # two sidecars' records cannot be told apart
+        status = worst(status, DEGRADED)
+        reasons.append(f"{conflict}: give each sidecar its own instance_id")
     teams = []
     for stats in team_stats:
         team_status, why = judge(stats, limits)

@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.support.files import db_files, immutable
@@ -23,12 +23,21 @@ class SidemeterProcess:
     stderr collected line by line on threads, so neither pipe fills and blocks it."""
 
     def __init__(
-        self, upstream: str, tmp_path: Path, *extra: str, auth: Sequence[str] = ("--auth", "off")
+        self,
+        upstream: str,
+        tmp_path: Path,
+        *extra: str,
+        auth: Sequence[str] = ("--auth", "off"),
+        db: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """`db`: another store than tmp_path/usage.db (e.g. PostgreSQL); `env`: SIDEMETER_*
+        settings without a flag (the caller's own SIDEMETER_* variables are never passed on)."""
         self.db_path = tmp_path / "usage.db"
         self.data_dir = tmp_path / "data"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SIDEMETER_")}
-        env["PYTHONPATH"] = str(ROOT)
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("SIDEMETER_")}
+        environ["PYTHONPATH"] = str(ROOT)
+        environ.update(env or {})
         self.proc = subprocess.Popen(
             [
                 *CLI,
@@ -40,7 +49,7 @@ class SidemeterProcess:
                 "--ops-listen",
                 "127.0.0.1:0",
                 "--db",
-                f"sqlite:///{self.db_path}",
+                db or f"sqlite:///{self.db_path}",
                 *auth,
                 "--data-dir",
                 str(self.data_dir),
@@ -50,7 +59,7 @@ class SidemeterProcess:
             stderr=subprocess.PIPE,
             text=True,
             cwd=tmp_path,
-            env=env,
+            env=environ,
         )
         self.stderr_lines: list[str] = []
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)

@@ -103,6 +103,7 @@ CONFIG_KEYS = {
     *("health_latency_p95_degraded", "health_latency_p95_down", "health_min_requests"),
     *("quota_timezone", "quota_default_reservation"),
     "instance_id",
+    *("heartbeat_interval", "instance_retention"),
 }
 
 
