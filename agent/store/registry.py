@@ -167,7 +167,8 @@ class Registry:
         rival = self.rival
         if rival is None or state(rival, self._clock()) != LIVE:
             return None
-        return f"instance id {rival.instance!r} is also claimed by another running sidecar ({describe_claim(rival)})"
+        claim = describe_claim(rival)
+        return f"instance id {rival.instance!r} is also claimed by another running sidecar ({claim})"
 
     # -- lifecycle (blocking: the runtime calls these in a worker thread) ----------------------
 
@@ -191,9 +192,10 @@ class Registry:
             return
         now = self._clock()
         try:
-            query = SidecarInstance.update(stopped=_when(now), last_seen=_when(now)).where(
-                (SidecarInstance.instance == self._announce().instance) & (SidecarInstance.run_id == self.run_id)
+            ours = (SidecarInstance.instance == self._announce().instance) & (
+                SidecarInstance.run_id == self.run_id
             )
+            query = SidecarInstance.update(stopped=_when(now), last_seen=_when(now)).where(ours)
             query.bind(self._db).execute()
         except Exception as exc:
             log.warning(
@@ -227,7 +229,11 @@ class Registry:
             self.members = tuple(_member(row) for row in rows)
         except Exception as exc:
             if self.last_error is None:
-                log.warning("fleet registry: heartbeat failed (%s); retrying every %gs", first_line(exc), self.interval)
+                log.warning(
+                    "fleet registry: heartbeat failed (%s); retrying every %gs",
+                    first_line(exc),
+                    self.interval,
+                )
             self.last_error = f"heartbeat to {describe(self._db)} failed: {first_line(exc)}"
             self._reset_connection()
             return
@@ -275,7 +281,7 @@ class Registry:
             log.warning(
                 "%s: the records of both carry it and the fleet view lists one of them; give each "
                 "sidecar its own instance_id (--instance-id or SIDEMETER_INSTANCE_ID)",
-                self.conflict or f"instance id {rival.instance!r} was also claimed by {describe_claim(rival)}",
+                self.conflict or f"instance id {rival.instance!r} was claimed by {describe_claim(rival)}",
             )
 
     def _reset_connection(self) -> None:

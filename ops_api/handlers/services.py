@@ -181,7 +181,7 @@ SIDECAR_SERVICE: dict[str, Any] = {
         "state": {
             "type": "string",
             "enum": list(STATES),
-            "description": "live: heartbeat within 3 of its intervals; stale: older; stopped: shut down cleanly",
+            "description": "live: a heartbeat within 3 of its intervals; stale: older; stopped: shut down",
         },
         "version": {"type": "string"},
         "upstream": {"type": "string", "description": "the URL of the LLM server it fronts"},

@@ -96,15 +96,17 @@ async def test_two_sidecars_on_one_postgresql_store_list_and_meter_as_a_fleet(
         for side, me in ((a, "side-a"), (b, "side-b")):
             view = await poll(
                 lambda side=side: services(side),
-                lambda s: {(e["id"], e["state"]) for e in sidecars(s).values()}
-                == {("side-a", "live"), ("side-b", "live")}
-                and all(u["kind"] != "unknown" for u in upstreams(s).values()),
+                lambda s: (
+                    {(e["id"], e["state"]) for e in sidecars(s).values()}
+                    == {("side-a", "live"), ("side-b", "live")}
+                    and all(u["kind"] != "unknown" for u in upstreams(s).values())
+                ),
                 timeout=20,
                 what=f"both sidecars live, with probed upstreams, in {me}'s view",
             )
             listed = sidecars(view)
-            assert [e["id"] for e in view if e["type"] == "sidecar"][0] == me  # ours first
-            assert {i: e["self"] for i, e in listed.items()} == {"side-a": me == "side-a", "side-b": me == "side-b"}
+            assert next(e["id"] for e in view if e["type"] == "sidecar") == me  # ours first
+            assert {i: e["self"] for i, e in listed.items()} == {i: i == me for i in ("side-a", "side-b")}
             assert listed["side-a"]["upstream"] == sim_a.url and listed["side-b"]["upstream"] == sim_b.url
             assert listed["side-a"]["ops_listen"] == f"127.0.0.1:{a.ops_port}"
             assert listed["side-b"]["listen"] == f"127.0.0.1:{b.proxy_port}"
@@ -118,7 +120,8 @@ async def test_two_sidecars_on_one_postgresql_store_list_and_meter_as_a_fleet(
         # Each request's record carries the sidecar that metered it (the writers flush within
         # a quarter second; polled, not slept).
         deadline = asyncio.get_running_loop().time() + 20
-        while (counts := await asyncio.to_thread(counts_per_instance, postgres_url)) != {"side-a": 5, "side-b": 3}:
+        sent = {"side-a": 5, "side-b": 3}
+        while (counts := await asyncio.to_thread(counts_per_instance, postgres_url)) != sent:
             assert asyncio.get_running_loop().time() < deadline, f"records per instance: {counts}"
             await asyncio.sleep(0.1)
 

@@ -168,6 +168,7 @@ def test_a_store_that_refuses_writes_fails_the_beat_and_keeps_the_fleet(
     a, b = registry(clock, "side-a"), registry(clock, "side-b")
     a.start(db)
     b.start(db)
+    a.beat()  # reads b's row
     beat_at = a.last_beat
     db.close()
     with immutable(db_files(tmp_path / "usage.db")), caplog.at_level(logging.WARNING, "agent.store.registry"):
