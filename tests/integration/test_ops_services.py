@@ -44,6 +44,7 @@ async def test_the_upstream_entry_names_kind_version_and_models(kind: str, start
         assert upstream | {"latency_ms": None, "last_checked": None} == {
             "type": "upstream",
             "id": "upstream-0",
+            "sidecar": me["id"],
             "url": sim.url,
             "dialect": dialect,
             "kind": kind,
