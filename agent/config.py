@@ -8,6 +8,7 @@ of `[[quotas]]` tables, is read from the file only and parsed into `QuotaRule`s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tomllib
@@ -15,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.durations import parse_duration
+from agent.instance import LIVE_BEATS
 from agent.quota.rules import QuotaRule, parse_rules
 from agent.settings import (
     BY_NAME,
@@ -121,6 +124,13 @@ class _ConfigMethods:
             if low > high:
                 found.append(
                     f"{degraded} ({low}) is above {down} ({high}); a team is degraded before it is down"
+                )
+        beats = LIVE_BEATS * self.heartbeat_interval
+        with contextlib.suppress(ValueError):  # a bad duration is already a problem above
+            if parse_duration(self.instance_retention).total_seconds() <= beats:
+                found.append(
+                    f"instance_retention ({self.instance_retention}) must be longer than "
+                    f"{LIVE_BEATS} heartbeat intervals ({beats:g}s), or live sidecars are forgotten"
                 )
         return found
 

@@ -30,13 +30,13 @@ from addons.errors import DialectErrors, refuse, render_error, sidecar_failed
 from addons.meter import Meter
 from addons.quota import Quota
 from addons.record import Recorder
-from agent import metrics
+from agent import __version__, metrics
 from agent.auth.errors import KeyConfigError
 from agent.auth.settings import AuthSettings
 from agent.auth.verify import Verifier
 from agent.config import Config, ConfigError, parse_size
 from agent.durations import parse_duration
-from agent.instance import instance_id
+from agent.instance import NAMESPACE_ENV, NODE_ENV, POD_ENV, address, instance_id
 from agent.logs import AccessLog
 from agent.proxy.dispatch import HandlerError, HookIndex, SidecarOptions
 from agent.proxy.internals import use_connection_handler
@@ -46,6 +46,7 @@ from agent.quota.history import rebuild
 from agent.quota.ledger import Ledger
 from agent.quota.windows import zone
 from agent.store.database import StoreError, open_database, redact_url
+from agent.store.registry import Announcement, Registry
 from agent.store.writer import UsageStore
 from agent.teamhealth import TeamHealth
 from agent.upstream import UpstreamProber
@@ -122,6 +123,11 @@ class Sidecar:
         self._prune_task: asyncio.Task[None] | None = None
         self.verifier: Verifier | None = None  # loaded in preflight when auth is on
         self.started_at = time.time()
+        self.registry = Registry(
+            self.announcement,
+            interval=config.heartbeat_interval,
+            forget_after=_seconds(config.instance_retention),
+        )
         self.master: Master | None = None
         self._release_hooks: Callable[[], None] | None = None
         self._master_task: asyncio.Task[None] | None = None
@@ -141,6 +147,24 @@ class Sidecar:
     @property
     def draining(self) -> bool:
         return self._draining
+
+    def announcement(self) -> Announcement:
+        """This sidecar's row in the fleet registry (read on the heartbeat thread)."""
+        cfg = self.config
+        return Announcement(
+            instance=instance_id(cfg.instance_id, self.proxy_port),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            upstream=cfg.upstream,
+            upstream_status=self.upstream.status,  # replaced whole by each probe
+            auth="off" if cfg.auth == "off" else "jwt",
+            listen=address(cfg.listen_address[0], self.proxy_port),
+            ops_listen=address(cfg.ops_address[0], self.ops_port),
+            pod=os.environ.get(POD_ENV) or None,
+            namespace=os.environ.get(NAMESPACE_ENV) or None,
+            node=os.environ.get(NODE_ENV) or None,
+        )
 
     # -- start -----------------------------------------------------------------------
 
@@ -188,6 +212,9 @@ class Sidecar:
             metrics.QUOTA_GAUGES.ledger = self.quotas
             await self._start_proxy()
             await self._start_ops()
+            # After both listeners: the row names their ports. Registered before the ready
+            # line, then renewed on the registry's thread; a failure is only logged.
+            await asyncio.to_thread(self.registry.start, self.store.db)
         except BaseException:
             await self._teardown()
             raise
@@ -369,6 +396,7 @@ class Sidecar:
             self._prune_task = None
         if self.quota_sync is not None:
             await asyncio.to_thread(self.quota_sync.stop)  # the last push of this run's usage
+        await asyncio.to_thread(self.registry.stop)  # marks the row stopped: a clean shutdown
         await asyncio.to_thread(self.store.close)
         if self.access_log is not None:
             await asyncio.to_thread(self.access_log.close)  # before the summary line, which comes last
@@ -508,6 +536,13 @@ def _check_port_free(flag: str, host: str, port: int) -> None:
                     f"stop what uses it or pass {flag}"
                 ) from None
             raise StartupError(f"cannot listen on {host}:{port} ({flag}): {e.strerror}") from None
+
+
+def _seconds(duration: str) -> float:
+    try:
+        return parse_duration(duration).total_seconds()
+    except ValueError:  # preflight refuses the config before the registry runs
+        return 0.0
 
 
 def _fmt(host: str, port: int | None) -> str:

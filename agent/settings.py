@@ -376,6 +376,14 @@ SETTINGS: tuple[Setting, ...] = (
             "records between two batches of writes, so writing never stalls (off: only "
             "`sidemeter db prune` deletes).",
             flag_for=(RUN,)),
+    Setting("heartbeat_interval", float, 15.0, "store",
+            "Seconds between two heartbeats of this sidecar's row in the store's fleet registry "
+            "(/ops/services lists the sidecars of a shared store; live within 3 intervals).",
+            checks=(positive,), metavar="S"),
+    Setting("instance_retention", str, "7d", "store",
+            "How long a stopped or stale sidecar stays in the fleet registry before a heartbeat "
+            "deletes its row.",
+            checks=(duration,), metavar="DURATION"),
     Setting("journal", bool, True, "store",
             "Append each record to a journal in data_dir/spill before it is queued, so a crash of "
             "the process loses no finished request's record (README: Durability).",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from agent.instance import NAMESPACE_ENV, NODE_ENV, POD_ENV, instance_id
+from agent.instance import NAMESPACE_ENV, NODE_ENV, POD_ENV, address, instance_id
 from ops_api.view import SidecarView
 
 __all__ = ["NAMESPACE_ENV", "NODE_ENV", "POD_ENV", "address", "instance", "iso", "store_kind"]
@@ -24,7 +24,3 @@ def instance(side: SidecarView) -> str:
 
 def store_kind(url: str) -> str:
     return "sqlite" if url.startswith("sqlite:") else "postgresql"
-
-
-def address(host: str, port: int | None) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

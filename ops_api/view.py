@@ -10,6 +10,7 @@ from agent.auth.verify import Verifier
 from agent.config import Config
 from agent.quota.fleet import FleetSync
 from agent.quota.ledger import Ledger
+from agent.store.registry import Registry
 from agent.store.writer import UsageStore
 from agent.teamhealth import TeamHealth
 from agent.upstream import UpstreamProber
@@ -28,6 +29,7 @@ class SidecarView(Protocol):
     ops_port: int | None
     quotas: Ledger  # the quota counters (empty rules: no quotas)
     quota_sync: FleetSync | None  # shares them with a fleet (PostgreSQL store and rules)
+    registry: Registry  # this sidecar's row in the fleet registry, and the fleet it last read
 
     @property
     def proxy_listening(self) -> bool: ...

@@ -218,7 +218,37 @@ class QuotaUsage(peewee.Model):
         primary_key = peewee.CompositeKey("rule", "scope", "period", "window_start")
 
 
-MODELS: Final = (UsageLog, SchemaMeta, UsageRollup, UsageRolledPeriod, QuotaUsage)
+class SidecarInstance(peewee.Model):
+    """One sidecar of the fleet writing to this store (agent/store/registry.py): upserted at its
+    start, `last_seen` renewed by its heartbeat, `stopped` set by its clean shutdown. `run_id`
+    tells two processes that claim the same `instance` apart; `upstream_status` is its prober's
+    last answer as JSON, so any sidecar can show every sidecar's upstream."""
+
+    instance = peewee.TextField(primary_key=True)
+    run_id = peewee.TextField()
+    host = peewee.TextField()
+    pid = peewee.BigIntegerField()
+    version = peewee.TextField()
+    upstream = peewee.TextField()
+    upstream_status = peewee.TextField()
+    auth = peewee.TextField()
+    listen = peewee.TextField()
+    ops_listen = peewee.TextField()
+    pod = peewee.TextField(null=True)
+    namespace = peewee.TextField(null=True)
+    node = peewee.TextField(null=True)
+    heartbeat_s = peewee.DoubleField()
+    started = UTCDateTimeField()
+    last_seen = UTCDateTimeField()
+    stopped = UTCDateTimeField(null=True)
+
+    class Meta:
+        table_name = "sidemeter_instances"
+
+
+# create_all(safe=True) in `migrate` makes a table missing from an older database: the registry
+# and the quota counters arrived within schema 4, so neither needs a version of its own.
+MODELS: Final = (UsageLog, SchemaMeta, UsageRollup, UsageRolledPeriod, SidecarInstance, QuotaUsage)
 ROLLUP_TABLE: Final = UsageRollup._meta.table_name
 ROLLED_TABLE: Final = UsageRolledPeriod._meta.table_name
 USAGE_TABLE: Final = UsageLog._meta.table_name

@@ -102,6 +102,10 @@ def health_body(side: SidecarView, team_stats: list[TeamStats]) -> dict[str, Any
             f"quota counters not synced with the store since {quota['last_sync'] or 'start'}: "
             + (f"{' and '.join(closed)} refuse with 503" if closed else "every limit admits on local counts")
         )
+    conflict = side.registry.conflict
+    if conflict:  # two sidecars' records cannot be told apart
+        status = worst(status, DEGRADED)
+        reasons.append(f"{conflict}: give each sidecar its own instance_id")
     teams = []
     for stats in team_stats:
         team_status, why = judge(stats, limits)

@@ -1,6 +1,10 @@
-"""`GET /ops/services`: the upstream the sidecar fronts (from the prober's last answer, never
-probed on the request) and the sidecar itself. A list of typed entries, so other sidecars of a
-fleet can join it as more `"type": "sidecar"` entries."""
+"""`GET /ops/services`: the sidecars writing to this store and the upstream each one fronts.
+
+Ours come first, as they are now (the upstream from the prober's last answer, never probed on the
+request); then every other sidecar of the fleet registry with its upstream as that sidecar's
+prober last reported it, from the registry as the heartbeat last read it (agent/store/registry.py:
+the request never waits on the database). Each sidecar entry names its state: live, stale or
+stopped."""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from typing import Any
 from aiohttp import web
 
 from agent import __version__
-from agent.upstream import KINDS
+from agent.store.registry import LIVE, STATES, Member, state
+from agent.upstream import KINDS, UpstreamStatus
 from ops_api.about import NAMESPACE_ENV, NODE_ENV, POD_ENV, address, instance, iso, store_kind
 from ops_api.openapi import json_content
 from ops_api.view import SIDECAR, SidecarView
@@ -19,11 +24,11 @@ from ops_api.view import SIDECAR, SidecarView
 routes = web.RouteTableDef()
 
 
-def upstream_entry(side: SidecarView) -> dict[str, Any]:
-    up = side.upstream.status
+def upstream_entry(up: UpstreamStatus, number: int, sidecar: str) -> dict[str, Any]:
     return {
         "type": "upstream",
-        "id": "upstream-0",
+        "id": f"upstream-{number}",
+        "sidecar": sidecar,
         "url": up.url,
         "dialect": up.dialect,
         "kind": up.kind,
@@ -38,12 +43,15 @@ def upstream_entry(side: SidecarView) -> dict[str, Any]:
 
 
 def sidecar_entry(side: SidecarView) -> dict[str, Any]:
-    cfg = side.config
+    """This sidecar: live (it is answering), last seen now."""
+    cfg, registry = side.config, side.registry
     return {
         "type": "sidecar",
         "id": instance(side),
         "self": True,
+        "state": LIVE,
         "version": __version__,
+        "upstream": cfg.upstream,
         "listen": address(cfg.listen_address[0], side.proxy_port),
         "ops_listen": address(cfg.ops_address[0], side.ops_port),
         "auth": "off" if cfg.auth == "off" else "jwt",
@@ -51,15 +59,56 @@ def sidecar_entry(side: SidecarView) -> dict[str, Any]:
         "pod": os.environ.get(POD_ENV) or None,
         "namespace": os.environ.get(NAMESPACE_ENV) or None,
         "node": os.environ.get(NODE_ENV) or None,
+        "started": iso(side.started_at),
         "last_seen": iso(time.time()),
+        "stopped": None,
+        "last_heartbeat": iso(registry.last_beat),
+        "heartbeat_error": registry.last_error,
+        "conflict": registry.conflict,
     }
+
+
+def member_entry(member: Member, now: float, store: str) -> dict[str, Any]:
+    """Another sidecar of the fleet, as its row in the registry describes it."""
+    return {
+        "type": "sidecar",
+        "id": member.instance,
+        "self": False,
+        "state": state(member, now),
+        "version": member.version,
+        "upstream": member.upstream,
+        "listen": member.listen,
+        "ops_listen": member.ops_listen,
+        "auth": member.auth,
+        "store": store,  # the store this registry is in
+        "pod": member.pod,
+        "namespace": member.namespace,
+        "node": member.node,
+        "started": iso(member.started),
+        "last_seen": iso(member.last_seen),
+        "stopped": iso(member.stopped),
+        "last_heartbeat": iso(member.last_seen),
+        "heartbeat_error": None,  # only a sidecar itself knows why its beats fail
+        "conflict": None,
+    }
+
+
+def fleet(side: SidecarView) -> list[dict[str, Any]]:
+    me = instance(side)
+    entries = [upstream_entry(side.upstream.status, 0, me), sidecar_entry(side)]
+    now, store = time.time(), store_kind(side.config.db)
+    # A row under our own id is ours, or a rival's (then our entry's `conflict` says so).
+    others = [m for m in side.registry.members if m.instance != me]
+    for number, member in enumerate(others, 1):
+        entries.append(upstream_entry(member.upstream_status, number, member.instance))
+        entries.append(member_entry(member, now, store))
+    return entries
 
 
 @routes.get("/ops/services")
 async def services(request: web.Request) -> web.Response:
-    """The upstream LLM server and this sidecar."""
-    side = request.app[SIDECAR]
-    return web.json_response({"services": [upstream_entry(side), sidecar_entry(side)]})
+    """The sidecars of the fleet (this one first) and the upstream each one fronts."""
+    return web.json_response({"services": fleet(request.app[SIDECAR])})
 
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
@@ -69,6 +118,7 @@ UPSTREAM_SERVICE: dict[str, Any] = {
     "required": [
         "type",
         "id",
+        "sidecar",
         "url",
         "dialect",
         "kind",
@@ -83,6 +133,7 @@ UPSTREAM_SERVICE: dict[str, Any] = {
     "properties": {
         "type": {"const": "upstream"},
         "id": {"type": "string"},
+        "sidecar": {"type": "string", "description": "the id of the sidecar entry that fronts it"},
         "url": {"type": "string"},
         "dialect": {"type": ["string", "null"], "enum": ["ollama", "openai", None]},
         "kind": {"type": "string", "enum": list(KINDS)},
@@ -106,7 +157,9 @@ SIDECAR_SERVICE: dict[str, Any] = {
         "type",
         "id",
         "self",
+        "state",
         "version",
+        "upstream",
         "listen",
         "ops_listen",
         "auth",
@@ -114,13 +167,24 @@ SIDECAR_SERVICE: dict[str, Any] = {
         "pod",
         "namespace",
         "node",
+        "started",
         "last_seen",
+        "stopped",
+        "last_heartbeat",
+        "heartbeat_error",
+        "conflict",
     ],
     "properties": {
         "type": {"const": "sidecar"},
         "id": {"type": "string"},
-        "self": {"type": "boolean"},
+        "self": {"type": "boolean", "description": "the sidecar answering"},
+        "state": {
+            "type": "string",
+            "enum": list(STATES),
+            "description": "live: a heartbeat within 3 of its intervals; stale: older; stopped: shut down",
+        },
         "version": {"type": "string"},
+        "upstream": {"type": "string", "description": "the URL of the LLM server it fronts"},
         "listen": {"type": "string"},
         "ops_listen": {"type": "string"},
         "auth": {"type": "string", "enum": ["jwt", "off"]},
@@ -128,7 +192,22 @@ SIDECAR_SERVICE: dict[str, Any] = {
         "pod": _NULLABLE_STRING,
         "namespace": _NULLABLE_STRING,
         "node": _NULLABLE_STRING,
+        "started": {"type": "string", "format": "date-time"},
         "last_seen": {"type": "string", "format": "date-time"},
+        "stopped": {"type": ["string", "null"], "format": "date-time"},
+        "last_heartbeat": {
+            "type": ["string", "null"],
+            "format": "date-time",
+            "description": "the last heartbeat that reached the store's fleet registry",
+        },
+        "heartbeat_error": {
+            "type": ["string", "null"],
+            "description": "why this sidecar's last heartbeat failed (its own entry only)",
+        },
+        "conflict": {
+            "type": ["string", "null"],
+            "description": "another running sidecar claims the same instance id (its own entry only)",
+        },
     },
 }
 
@@ -136,7 +215,7 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/ops/services": {
             "get": {
-                "summary": "The upstream LLM server (kind, version, models) and this sidecar",
+                "summary": "The sidecars of the fleet (this one first) and the upstream each one fronts",
                 "operationId": "services",
                 "responses": {
                     "200": json_content(

@@ -44,6 +44,7 @@ async def test_the_upstream_entry_names_kind_version_and_models(kind: str, start
         assert upstream | {"latency_ms": None, "last_checked": None} == {
             "type": "upstream",
             "id": "upstream-0",
+            "sidecar": me["id"],
             "url": sim.url,
             "dialect": dialect,
             "kind": kind,
@@ -169,13 +170,16 @@ async def test_the_sidecar_entry_describes_this_sidecar(
     monkeypatch.setenv("POD_NAMESPACE", "llm")
     monkeypatch.setenv("NODE_NAME", "gpu-node-3")
     side: RunningSidecar = await start_sidecar(sim_ollama.url)
-    me = (await services(side))[1]
+    upstream, me = await services(side)  # a fleet of one: nobody else writes to this store
     proxy_port, ops_port = side.sidecar.proxy_port, side.sidecar.ops_port
-    assert me | {"version": None, "last_seen": None} == {
+    volatile = dict.fromkeys(("version", "started", "last_seen", "last_heartbeat"))
+    assert me | volatile == {
         "type": "sidecar",
         "id": "sidemeter-7d9f-x2k4",
         "self": True,
+        "state": "live",
         "version": None,
+        "upstream": sim_ollama.url,
         "listen": f"127.0.0.1:{proxy_port}",
         "ops_listen": f"127.0.0.1:{ops_port}",
         "auth": "off",
@@ -183,6 +187,13 @@ async def test_the_sidecar_entry_describes_this_sidecar(
         "pod": "sidemeter-7d9f-x2k4",
         "namespace": "llm",
         "node": "gpu-node-3",
+        "started": None,
         "last_seen": None,
+        "stopped": None,
+        "last_heartbeat": None,
+        "heartbeat_error": None,
+        "conflict": None,
     }
     assert me["version"] and me["last_seen"].endswith("Z")
+    assert me["started"] <= me["last_heartbeat"] <= me["last_seen"]  # registered at start
+    assert upstream["sidecar"] == me["id"]

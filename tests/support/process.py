@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.support.files import db_files, immutable
@@ -29,11 +29,15 @@ class SidemeterProcess:
         *extra: str,
         auth: Sequence[str] = ("--auth", "off"),
         db: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
-        self.db_path = tmp_path / "usage.db"  # unless `db` names another database
+        """`db`: another store than tmp_path/usage.db (e.g. PostgreSQL); `env`: SIDEMETER_*
+        settings without a flag (the caller's own SIDEMETER_* variables are never passed on)."""
+        self.db_path = tmp_path / "usage.db"
         self.data_dir = tmp_path / "data"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SIDEMETER_")}
-        env["PYTHONPATH"] = str(ROOT)
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("SIDEMETER_")}
+        environ["PYTHONPATH"] = str(ROOT)
+        environ.update(env or {})
         self.proc = subprocess.Popen(
             [
                 *CLI,
@@ -55,7 +59,7 @@ class SidemeterProcess:
             stderr=subprocess.PIPE,
             text=True,
             cwd=tmp_path,
-            env=env,
+            env=environ,
         )
         self.stderr_lines: list[str] = []
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)

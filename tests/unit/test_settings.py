@@ -106,6 +106,7 @@ CONFIG_KEYS = {
     *("quota_timezone", "quota_default_reservation", "quota_sync_interval", "quota_stale_after"),
     *("quota_store_down_rates", "quota_store_down_budgets"),
     *("instance_id", "auto_prune"),
+    *("heartbeat_interval", "instance_retention"),
 }
 
 

@@ -109,6 +109,8 @@ export interface StatsAnswer {
 export interface UpstreamService {
   type: 'upstream';
   id: string;
+  /** The id of the sidecar entry that fronts it. */
+  sidecar: string;
   url: string;
   dialect: 'ollama' | 'openai' | null;
   kind: 'ollama' | 'vllm' | 'llamacpp' | 'openai_compatible' | 'unknown';
@@ -125,7 +127,9 @@ export interface SidecarService {
   type: 'sidecar';
   id: string;
   self: boolean;
+  state: 'live' | 'stale' | 'stopped';
   version: string;
+  upstream: string;
   listen: string;
   ops_listen: string;
   auth: 'jwt' | 'off';
@@ -133,7 +137,12 @@ export interface SidecarService {
   pod: string | null;
   namespace: string | null;
   node: string | null;
+  started: string;
   last_seen: string;
+  stopped: string | null;
+  last_heartbeat: string | null;
+  heartbeat_error: string | null;
+  conflict: string | null;
 }
 
 export type Service = UpstreamService | SidecarService;
