@@ -41,6 +41,13 @@ async def services(side: SidemeterProcess) -> list[dict[str, Any]]:
     return res.json()["services"]
 
 
+async def ops_stats(side: SidemeterProcess, **params: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=10) as http:
+        res = await http.get(f"http://127.0.0.1:{side.ops_port}/ops/stats", params={"window": "1h", **params})
+    assert res.status_code == 200, res.text
+    return res.json()
+
+
 def sidecars(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {e["id"]: e for e in entries if e["type"] == "sidecar"}
 
@@ -125,8 +132,16 @@ async def test_two_sidecars_on_one_postgresql_store_list_and_meter_as_a_fleet(
             assert asyncio.get_running_loop().time() < deadline, f"records per instance: {counts}"
             await asyncio.sleep(0.1)
 
-        # -- /ops/stats?scope=local|fleet (stats2): each sidecar's local numbers and the
-        # -- fleet's sum over the shared store are asserted here once it is merged.
+        # /ops/stats: each sidecar's own records with scope=local, the shared store's with
+        # scope=fleet (the default on PostgreSQL), and the fleet split by instance.
+        for side, me in ((a, "side-a"), (b, "side-b")):
+            local = await ops_stats(side, scope="local")
+            assert (local["scope"], local["instance"]) == ("local", me)
+            assert local["total"]["requests"] == sent[me]
+            fleet = await ops_stats(side)
+            assert fleet["scope"] == "fleet" and fleet["total"]["requests"] == sum(sent.values())
+            per_instance = await ops_stats(side, group_by="instance")
+            assert {g["key"]["instance"]: g["requests"] for g in per_instance["groups"]} == sent
 
         b.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(b.wait, 60) == 0, b.stderr
