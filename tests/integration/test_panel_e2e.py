@@ -132,7 +132,9 @@ class Harness:
 class Live:
     """A sidecar with traffic from two teams, its harness, and what its ops API answers directly."""
 
-    def __init__(self, side: RunningSidecar, harness: Harness, token: str, records: list[UsageRecord]) -> None:
+    def __init__(
+        self, side: RunningSidecar, harness: Harness, token: str, records: list[UsageRecord]
+    ) -> None:
         self.side = side
         self.harness = harness
         self.token = token
