@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from agent.auth.issue import SigningKey, issue_token
+from agent.quota.rules import rules_from_tables
 from agent.sim import SimulatedLLM
 from tests.support.paths import ROOT
 from tests.support.prometheus import (
@@ -52,6 +53,10 @@ SERVER_TOKENS = {
 }
 SECRET = "grafana-queries-test-secret-that-is-long-enough"
 TEAMS_MODELS = (("quant", "sim-model"), ("finetune", "qwen2.5-coder"), ("eval", "sim-model"))
+# Quota rules the traffic never gets near (it must not be refused): the quota gauges have series
+# for the team rule's scope and each other user's, so the quota row and rules read real ones.
+QUOTAS = rules_from_tables([{"team": "quant", "tokens_per_day": 10**9}, {"requests_per_minute": 10**6}])
+QUOTA_METRIC = "sidemeter_quota_remaining_ratio"
 _VARIABLE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\$(\w+)")
 T = TypeVar("T")
 _LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
@@ -203,6 +208,29 @@ def test_overview_embeds_the_ops_panel_and_the_server_row() -> None:
         assert metric in exprs, metric
 
 
+def test_overview_quota_row_shows_the_alert_thresholds() -> None:
+    """The quota row plots the gauge the quota alerts read, with its colour steps at the two
+    thresholds the alerts fire at, so what turns orange or red is what warns or pages."""
+    dash = load(ROOT / "grafana" / "dashboards" / "sidemeter-overview.json")
+    (row,) = [p for p in dash["panels"] if p["type"] == "row" and p["title"] == "Quotas"]
+    after = [p for p in dash["panels"] if p["gridPos"]["y"] > row["gridPos"]["y"]]
+    quota = [p for p in after if p["type"] != "row" and p["gridPos"]["y"] == row["gridPos"]["y"] + 1]
+    assert {p["type"] for p in quota} == {"timeseries", "bargauge"}
+    fired_at = sorted(
+        float(m.group(1))
+        for rule in alert_rules()
+        if (m := re.fullmatch(rf"{QUOTA_METRIC} <= ([\d.]+)", rule["expr"].strip()))
+    )
+    assert fired_at == [0.05, 0.2]
+    for panel in quota:
+        assert all(QUOTA_METRIC in t["expr"] for t in panel["targets"]), panel["title"]
+        defaults = panel["fieldConfig"]["defaults"]
+        assert (defaults["unit"], defaults["min"], defaults["max"]) == ("percentunit", 0, 1)
+        steps = defaults["thresholds"]["steps"]
+        assert [s["value"] for s in steps] == [None, *fired_at], panel["title"]
+        assert [s["color"] for s in steps] == ["red", "orange", "green"], panel["title"]
+
+
 def test_provisioning_matches_the_dashboards_and_the_readme() -> None:
     (source,) = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())["datasources"]
     assert source["type"] == "prometheus" and source["isDefault"] and source["url"].startswith("http")
@@ -326,7 +354,7 @@ async def test_every_query_returns_data_from_a_live_sidecar(
     sim = SimulatedLLM("openai", flavor=flavor, models=sorted({m for _, m in TEAMS_MODELS}))
     await sim.start()
     try:
-        side: RunningSidecar = await start_sidecar(sim.url, auth="jwt", jwt_secret=SECRET)
+        side: RunningSidecar = await start_sidecar(sim.url, auth="jwt", jwt_secret=SECRET, quotas=QUOTAS)
         instance = f"127.0.0.1:{side.sidecar.ops_port}"
         config = prometheus_config(instance, extra_jobs={"llm-server": sim.url.removeprefix("http://")})
         async with running_prometheus(config, tmp_path) as prom, traffic(side):

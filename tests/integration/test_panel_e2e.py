@@ -28,6 +28,8 @@ from aiohttp import ClientSession, web
 
 from agent import __version__
 from agent.auth.issue import SigningKey, issue_token
+from agent.quota.rules import rules_from_tables
+from agent.records import UsageRecord
 from agent.settings import SETTINGS
 from agent.sim import SimulatedLLM
 from tests.support.paths import ROOT
@@ -44,6 +46,10 @@ RANGE = {
     "from": (_NOW - timedelta(hours=6)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     "to": (_NOW + timedelta(hours=1)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
 }
+# A team rule and the everyone rule, with limits the traffic stays far under: the quota view has
+# one shared scope and one per other user to show. Day and month windows, so none resets mid-test
+# (but at midnight UTC).
+QUOTAS = rules_from_tables([{"team": "quant", "tokens_per_day": 400}, {"tokens_per_month": 100_000}])
 # The sidecar answers cross-origin requests itself once it has the ops_cors_origins setting.
 HAS_CORS = any(s.name == "ops_cors_origins" for s in SETTINGS)
 
@@ -126,11 +132,14 @@ class Harness:
 class Live:
     """A sidecar with traffic from two teams, its harness, and what its ops API answers directly."""
 
-    def __init__(self, side: RunningSidecar, harness: Harness, token: str, request_ids: list[str]) -> None:
+    def __init__(
+        self, side: RunningSidecar, harness: Harness, token: str, records: list[UsageRecord]
+    ) -> None:
         self.side = side
         self.harness = harness
         self.token = token
-        self.request_ids = request_ids
+        self.records = records
+        self.request_ids = [r.request_id for r in records]
 
     async def ops(self, method: str, path: str, **kw: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}"}
@@ -143,7 +152,9 @@ async def live(sim_ollama: SimulatedLLM, start_sidecar: Callable[..., object]) -
     harness = Harness("")  # started first: the sidecar's CORS setting names its origin
     await harness.start()
     extra: dict[str, object] = {"ops_cors_origins": harness.url} if HAS_CORS else {}
-    side: RunningSidecar = await start_sidecar(sim_ollama.url, auth="jwt", jwt_secret=SECRET, **extra)  # type: ignore[assignment]
+    side: RunningSidecar = await start_sidecar(  # type: ignore[assignment]
+        sim_ollama.url, auth="jwt", jwt_secret=SECRET, quotas=QUOTAS, **extra
+    )
     harness.ops_url = side.ops_url
     if HAS_CORS:
         harness.api_url = side.ops_url
@@ -160,10 +171,9 @@ async def live(sim_ollama: SimulatedLLM, start_sidecar: Callable[..., object]) -
             body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
             assert (await client.post("/api/chat", json=body, headers=headers)).status_code == 200
             ids.append(rid)
-    for rid in ids:
-        await side.record(rid)
+    records = [await side.record(rid) for rid in ids]
     token = issue_token(key, "grafana", team="ops", extra={"roles": ["ops"]})
-    yield Live(side, harness, token, ids)
+    yield Live(side, harness, token, records)
     await harness.stop()
 
 
@@ -248,6 +258,51 @@ async def test_panel_shows_live_stats_services_and_requests(live: Live) -> None:
         pytest.skip(
             f"not served yet (404), their 'not available' state checked instead: {', '.join(not_served)}"
         )
+
+
+async def test_panel_quota_view_shows_the_live_usage(live: Live) -> None:
+    """The quota view's numbers are the ledger's: the tokens of the records each scope counts."""
+    async with browser_page() as page:
+        await open_panel(
+            page, live.harness.page_url("light", live.token, showTestConsole="false", showRecent="false")
+        )
+        if await missing(live, "/ops/quotas"):
+            await page.locator('[data-testid="section-Quotas"] [data-testid="state-missing"]').wait_for(
+                timeout=10_000
+            )
+            pytest.skip("GET /ops/quotas is not served yet (404): the 'not available' state checked instead")
+        tokens = {"team:quant": 0, "user:u-finetune": 0}
+        for r in live.records:
+            tokens["team:quant" if r.team == "quant" else f"user:{r.user}"] += r.total_tokens or 0
+        assert all(tokens.values()), tokens
+        limits = {"team:quant": ("tokens_per_day", 400), "user:u-finetune": ("tokens_per_month", 100_000)}
+        answer = (await live.ops("GET", "/ops/quotas")).json()
+        assert {s["scope"]: s["limits"][0]["used"] for s in answer["scopes"]} == tokens
+        for scope, (name, limit) in limits.items():
+            row = page.locator(f'[data-testid="quota-{scope}-{name}"]')
+            await row.wait_for(timeout=10_000)
+            cells = {
+                name: (await row.locator(f'[data-testid="quota-{name}"]').inner_text()).strip()
+                for name in ("used", "reserved", "limit", "remaining", "reset")
+            }
+            assert cells.pop("reset").startswith("resets in "), scope
+            assert cells == {
+                "used": f"{tokens[scope]:,}",
+                "reserved": "0",
+                "limit": f"{limit:,}",
+                "remaining": f"{limit - tokens[scope]:,}",
+            }, scope
+            left = (limit - tokens[scope]) / limit
+            level = "critical" if left <= 0.05 else "warning" if left <= 0.2 else "ok"
+            assert await row.get_by_role("meter").get_attribute("data-level") == level
+        # Both themes draw the bars in their own colours.
+        fills = {}
+        for theme in ("light", "dark"):
+            await open_panel(page, live.harness.page_url(theme, live.token, showTestConsole="false"))
+            bar = page.locator('[data-testid="quota-user:u-finetune-tokens_per_month"] [role="meter"]')
+            await bar.wait_for(timeout=10_000)
+            fills[theme] = await bar.evaluate("e => getComputedStyle(e.firstElementChild).backgroundColor")
+        assert fills["light"] != fills["dark"], fills
 
 
 async def test_panel_test_console_round_trip(live: Live) -> None:

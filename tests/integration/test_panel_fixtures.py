@@ -29,6 +29,8 @@ ANSWERS: dict[str, tuple[str, str, str]] = {
     "requests-empty.json": ("get", "/ops/requests", "200"),
     "record.json": ("get", "/ops/requests/{request_id}", "200"),
     "test.json": ("post", "/ops/test", "200"),
+    "quotas.json": ("get", "/ops/quotas", "200"),
+    "quotas-empty.json": ("get", "/ops/quotas", "200"),
     "error-bad-window.json": ("get", "/ops/stats", "400"),
     "error-forbidden.json": ("get", "/ops/requests", "403"),
     "error-not-found-record.json": ("get", "/ops/requests/{request_id}", "404"),

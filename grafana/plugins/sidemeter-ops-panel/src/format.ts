@@ -30,6 +30,11 @@ export function count(v: number | null | undefined): string {
   return String(v);
 }
 
+/** A whole number in full, with thousands separators: quota usage is read against its limit exactly. */
+export function exact(v: number): string {
+  return v.toLocaleString('en-US');
+}
+
 export function duration(seconds: number): string {
   if (seconds < 60) {
     return `${Math.floor(seconds)} s`;

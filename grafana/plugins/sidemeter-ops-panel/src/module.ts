@@ -31,6 +31,7 @@ export const plugin = new PanelPlugin<OpsPanelOptions>(OpsPanel).setNoPadding().
     .addBooleanSwitch({ path: 'showServices', name: 'Services', category: ['Sections'], defaultValue: true })
     .addBooleanSwitch({ path: 'showTestConsole', name: 'Test console', category: ['Sections'], defaultValue: true })
     .addBooleanSwitch({ path: 'showRecent', name: 'Recent requests', category: ['Sections'], defaultValue: true })
+    .addBooleanSwitch({ path: 'showQuotas', name: 'Quotas', category: ['Sections'], defaultValue: true })
     .addRadio({
       path: 'statsWindowMode',
       name: 'Stats window',

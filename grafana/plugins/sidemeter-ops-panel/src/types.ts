@@ -12,6 +12,7 @@ export interface OpsPanelOptions {
   showServices: boolean;
   showTestConsole: boolean;
   showRecent: boolean;
+  showQuotas: boolean;
   statsWindowMode: StatsWindowMode;
   /** The fixed stats window, e.g. `1h`, `24h`, `7d` (what /ops/stats accepts). */
   statsWindow: string;
@@ -27,6 +28,7 @@ export const defaultOptions: OpsPanelOptions = {
   showServices: true,
   showTestConsole: true,
   showRecent: true,
+  showQuotas: true,
   statsWindowMode: 'dashboard',
   statsWindow: '24h',
   recentLimit: 20,

@@ -220,3 +220,36 @@ export interface RequestsQuery {
   outcome?: string;
   since?: string;
 }
+
+export type QuotaWindow = 'minute' | 'day' | 'month';
+
+/** Where one limit of a scope stands in its current window. */
+export interface QuotaLimit {
+  name: string;
+  window: QuotaWindow;
+  limit: number;
+  used: number;
+  reserved: number;
+  remaining: number;
+  reset: string;
+  reset_in_s: number;
+}
+
+export interface QuotaScope {
+  rule: string;
+  scope: string;
+  limits: QuotaLimit[];
+}
+
+/** A rule as the config file writes it: `rule` and its user or team and limits. */
+export interface QuotaRuleRow {
+  rule: string;
+  user?: string;
+  team?: string;
+  [limit: string]: string | number | undefined;
+}
+
+export interface QuotasAnswer {
+  rules: QuotaRuleRow[];
+  scopes: QuotaScope[];
+}

@@ -3,6 +3,7 @@ import type {
   ErrorType,
   Health,
   Liveness,
+  QuotasAnswer,
   Readiness,
   RequestsAnswer,
   RequestsQuery,
@@ -129,6 +130,10 @@ export class OpsApi {
 
   requests(query: RequestsQuery, signal?: AbortSignal): Promise<RequestsAnswer> {
     return this.request('GET', '/ops/requests', { query: { ...query }, signal });
+  }
+
+  quotas(signal?: AbortSignal): Promise<QuotasAnswer> {
+    return this.request('GET', '/ops/quotas', { signal });
   }
 
   record(requestId: string, signal?: AbortSignal): Promise<UsageRecord> {

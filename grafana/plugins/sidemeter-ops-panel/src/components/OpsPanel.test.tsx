@@ -1,10 +1,11 @@
 import React from 'react';
-import { act, render, screen } from '@testing-library/react';
+import { act, render, screen, waitFor } from '@testing-library/react';
 
 import health from '../__fixtures__/health.json';
 import stats from '../__fixtures__/stats.json';
 import services from '../__fixtures__/services.json';
 import requests from '../__fixtures__/requests.json';
+import quotas from '../__fixtures__/quotas.json';
 import unauthorized from '../__fixtures__/error-unauthorized.json';
 import { Call, fakeOps } from '../testing/fakeOps';
 import { panelProps } from '../testing/panelProps';
@@ -15,6 +16,7 @@ const ROUTES = {
   'GET /ops/stats': { body: stats },
   'GET /ops/services': { body: services },
   'GET /ops/requests': { body: requests },
+  'GET /ops/quotas': { body: quotas },
 };
 
 // The panel builds its client from the options, so the fake goes in as the global fetch.
@@ -39,6 +41,7 @@ describe('OpsPanel', () => {
     expect(await screen.findByTestId('stat-Requests')).toHaveTextContent('145');
     expect(await screen.findByTestId('service-upstream-0')).toBeInTheDocument();
     expect(await screen.findByTestId('request-b7e0d2c4-1111-4a2b-9c3d-000000000002')).toBeInTheDocument();
+    expect(await screen.findByTestId('quota-team:ml-tokens_per_minute')).toBeInTheDocument();
     // The test console offers the upstream's models.
     expect(screen.getByLabelText('Model')).toHaveValue('llama3.2');
     expect(
@@ -61,6 +64,7 @@ describe('OpsPanel', () => {
           showServices: false,
           showTestConsole: false,
           showRecent: false,
+          showQuotas: false,
         })}
       />
     );
@@ -69,7 +73,8 @@ describe('OpsPanel', () => {
     expect(screen.queryByTestId('section-Recent requests')).toBeNull();
     const statsCall = calls.find((c) => c.url.pathname === '/ops/stats') as Call;
     expect(statsCall.url.searchParams.get('window')).toBe('7d');
-    expect(calls.some((c) => c.url.pathname === '/ops/health' || c.url.pathname === '/ops/requests')).toBe(false);
+    const skipped = ['/ops/health', '/ops/requests', '/ops/quotas'];
+    expect(calls.some((c) => skipped.includes(c.url.pathname))).toBe(false);
     restore();
   });
 
@@ -79,11 +84,12 @@ describe('OpsPanel', () => {
       'GET /ops/stats': { status: 401, body: unauthorized },
       'GET /ops/services': { status: 401, body: unauthorized },
       'GET /ops/requests': { status: 401, body: unauthorized },
+      'GET /ops/quotas': { status: 401, body: unauthorized },
     });
     render(<OpsPanel {...panelProps()} />);
     expect(await screen.findByTestId('health-overall')).toBeInTheDocument();
-    const denied = await screen.findAllByTestId('state-unauthorised');
-    expect(denied).toHaveLength(3);
+    await waitFor(() => expect(screen.getAllByTestId('state-unauthorised')).toHaveLength(4));
+    const denied = screen.getAllByTestId('state-unauthorised');
     expect(denied[0]).toHaveTextContent('missing bearer token');
     restore();
   });

@@ -6,6 +6,7 @@ import { useStyles2 } from '@grafana/ui';
 import { OpsApi, StatsWindow } from '../api/opsApi';
 import { defaultOptions, OpsPanelOptions } from '../types';
 import { HealthOverview } from './HealthOverview';
+import { QuotasTable } from './QuotasTable';
 import { RecentRequests } from './RecentRequests';
 import { ServicesTable, useServices } from './ServicesTable';
 import { StatsCards } from './StatsCards';
@@ -67,7 +68,7 @@ function OpsSections({ options, width, height, timeRange, renderCounter }: Panel
   const firstUpstream = list.find((svc) => svc.type === 'upstream');
   const dialect = firstUpstream?.type === 'upstream' && firstUpstream.dialect === 'ollama' ? 'ollama' : 'openai';
 
-  const none = !(o.showHealth || o.showStats || o.showServices || o.showTestConsole || o.showRecent);
+  const none = !(o.showHealth || o.showStats || o.showServices || o.showTestConsole || o.showRecent || o.showQuotas);
   return (
     <div className={s.root} style={{ width, height }} data-testid="ops-panel">
       {none && <Muted>Every section is switched off in the panel options.</Muted>}
@@ -79,6 +80,11 @@ function OpsSections({ options, width, height, timeRange, renderCounter }: Panel
       {o.showStats && (
         <Part title="Stats">
           <StatsCards api={api} window={window} refreshKey={refreshKey} />
+        </Part>
+      )}
+      {o.showQuotas && (
+        <Part title="Quotas">
+          <QuotasTable api={api} refreshKey={refreshKey} />
         </Part>
       )}
       {o.showServices && (
