@@ -44,6 +44,8 @@ export interface Health {
   uptime_s: number;
   upstream: UpstreamHealth;
   store: StoreHealth;
+  /** Where the quota counters stand: off (no rules), local, synced or stale (a fleet's). */
+  quota?: QuotaHealth;
   window_s: number;
   thresholds: {
     error_rate_degraded: number;
@@ -52,6 +54,17 @@ export interface Health {
     latency_p95_down_ms: number;
   };
   teams: TeamHealth[];
+}
+
+export interface QuotaHealth {
+  state: 'off' | 'local' | 'synced' | 'stale';
+  rules: number;
+  scopes: number;
+  last_sync: string | null;
+  last_error: string | null;
+  sync_interval_s: number | null;
+  stale_after_s: number | null;
+  store_down: { rates: 'open' | 'closed'; budgets: 'open' | 'closed' };
 }
 
 /** `/healthz` and `/readyz`, which every sidecar version serves. */
