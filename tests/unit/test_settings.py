@@ -28,6 +28,7 @@ from tests.support.paths import ROOT
 MITMPROXY_OPTIONS = {
     "sidemeter_quota_timezone",
     "sidemeter_quota_default_reservation",
+    "sidemeter_quota_default_reservation_seconds",
     "sidemeter_auth",
     "sidemeter_header_timeout",
     "sidemeter_idle_timeout",
@@ -101,8 +102,9 @@ CONFIG_KEYS = {
     *("ops_role_claim", "ops_roles", "ops_cors_origins", "probe_interval", "probe_timeout"),
     *("ready_requires_upstream", "health_error_rate_degraded", "health_error_rate_down"),
     *("health_latency_p95_degraded", "health_latency_p95_down", "health_min_requests"),
-    *("quota_timezone", "quota_default_reservation"),
+    *("quota_timezone", "quota_default_reservation", "quota_default_reservation_seconds"),
     "instance_id",
+    "currency",
 }
 
 
@@ -121,7 +123,7 @@ def test_the_table_is_consistent() -> None:
 
 def test_config_is_derived_from_the_table() -> None:
     fields = {f.name: f for f in dataclasses.fields(Config)}
-    assert list(fields) == [*(s.name for s in CONFIG_SETTINGS), "quotas"]  # the [[quotas]] rules
+    assert list(fields) == [*(s.name for s in CONFIG_SETTINGS), "quotas", "prices"]  # the tables
     cfg = Config()
     for s in CONFIG_SETTINGS:
         assert getattr(cfg, s.name) == s.default
