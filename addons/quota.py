@@ -9,13 +9,16 @@ completions, embeddings, responses) count and are limited.
 The headers follow draft-ietf-httpapi-ratelimit-headers-06: `RateLimit-Limit`,
 `RateLimit-Remaining` (after this request's reservation) and `RateLimit-Reset` (seconds until
 the window ends) of the caller's limit closest to running out; a 429 also has `Retry-After`.
+For a cost budget (cost_per_day, cost_per_month) the limit and remaining are amounts of the
+price table's currency with up to 6 decimals, not the draft's whole numbers.
 
 In a fleet whose shared counters are stale (the store is down), a limit whose kind fails closed
 refuses with 503 and `Retry-After` instead: the sidecar cannot tell whether it is used up.
 
 Standalone: `mitmdump ... -s addons/errors.py -s addons/auth.py -s addons/meter.py
 -s addons/quota.py -s addons/record.py` reads the [[quotas]] rules of ./sidemeter.toml (the
-counters then start empty: only the sidecar rebuilds them from its store).
+counters then start empty: only the sidecar rebuilds them from its store), and prices a cost
+budget's reservations by its [[prices]] tables.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from mitmproxy.addonmanager import Loader
 from addons.errors import refuse
 from addons.flowstate import state_of
 from agent.config import ConfigError, load
+from agent.prices import PriceTable
 from agent.quota.ledger import Decision, Ledger, Standing, reservation, used_by
+from agent.quota.rules import COST, Limit
 from agent.quota.windows import zone
 from agent.records import Operation
 from agent.settings import declare_options, option_names, read_options
@@ -42,13 +47,29 @@ OURS: Final = frozenset({b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit
 COUNTED: Final = frozenset({Operation.CHAT, Operation.COMPLETION, Operation.EMBEDDING, Operation.RESPONSES})
 
 
+def amount(value: float) -> str:
+    """A cost in currency units as the headers and messages show it: up to 6 decimals."""
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
 def rate_limit_headers(shown: Standing, now: float) -> list[tuple[bytes, bytes]]:
     """The RateLimit-* fields of `shown` (draft-ietf-httpapi-ratelimit-headers-06)."""
+    if shown.limit.metric == COST:
+        limit, remaining = amount(shown.limit.value), amount(shown.remaining)
+    else:
+        limit, remaining = str(shown.limit.value), str(shown.remaining)
     return [
-        (b"RateLimit-Limit", str(shown.limit.value).encode()),
-        (b"RateLimit-Remaining", str(shown.remaining).encode()),
+        (b"RateLimit-Limit", limit.encode()),
+        (b"RateLimit-Remaining", remaining.encode()),
         (b"RateLimit-Reset", str(shown.reset_in(now)).encode()),
     ]
+
+
+def limit_text(lim: Limit, currency: str | None) -> str:
+    """`tokens_per_day = 500` or `cost_per_month = 500 USD`."""
+    if lim.metric == COST:
+        return f"{lim.key} = {amount(lim.value)} {currency or ''}".rstrip()
+    return f"{lim.key} = {lim.value}"
 
 
 def refusal_error(decision: Decision) -> str:
@@ -63,14 +84,21 @@ class Quota:
     """Admits or refuses each inference request by the caller's quota rule, and reconciles
     its reservation with the record's exact counts when the flow ends.
 
-    The runtime passes its ledger (rebuilt from the store); under `mitmdump -s` the rules come
-    from ./sidemeter.toml and the `sidemeter_quota_*` options."""
+    The runtime passes its ledger (rebuilt from the store) and price table; under `mitmdump -s`
+    the rules and prices come from ./sidemeter.toml and the `sidemeter_quota_*` options."""
 
     def __init__(
-        self, ledger: Ledger | None = None, default_reservation: int = 1024, unavailable_retry: int = 5
+        self,
+        ledger: Ledger | None = None,
+        default_reservation: int = 1024,
+        prices: PriceTable | None = None,
+        default_reservation_seconds: float = 30.0,
+        unavailable_retry: int = 5,
     ) -> None:
         self.ledger = ledger
         self.default_reservation = default_reservation
+        self.prices = prices
+        self.default_reservation_seconds = default_reservation_seconds
         self.unavailable_retry = unavailable_retry  # Retry-After of a 503 while the counters are stale
         self._from_options = ledger is None
 
@@ -82,12 +110,14 @@ class Quota:
             return
         values = read_options(ctx.options, "quota")
         try:
-            rules = load().quotas
+            cfg = load()
             tz = zone(values["quota_timezone"])
         except (ConfigError, ValueError) as e:
             raise exceptions.OptionsError(f"quotas: {e}") from None
-        self.ledger = Ledger(rules, tz)
+        self.ledger = Ledger(cfg.quotas, tz)
+        self.prices = cfg.price_table
         self.default_reservation = values["quota_default_reservation"]
+        self.default_reservation_seconds = values["quota_default_reservation_seconds"]
 
     def request(self, flow: http.HTTPFlow) -> None:
         ledger = self.ledger
@@ -98,8 +128,14 @@ class Quota:
         if info is None or info.operation not in COUNTED:
             return
         rec = state.record
+        prices = self.prices
         amounts = reservation(
-            info.operation, len(info.prompt_text), info.max_output, self.default_reservation
+            info.operation,
+            len(info.prompt_text),
+            info.max_output,
+            self.default_reservation,
+            prices.price_for(info.model) if prices is not None and ledger.budgets else None,
+            self.default_reservation_seconds,
         )
         decision = ledger.admit(rec.user, rec.team, amounts)
         if decision is None:
@@ -123,10 +159,11 @@ class Quota:
             return
         now = ledger.clock()
         wait = refused.reset_in(now)
+        currency = prices.currency if prices is not None else None
         refuse(
             flow,
             429,
-            f"quota exceeded: {lim.key} = {lim.value} of {decision.scope} (rule {decision.rule.name}) "
+            f"quota exceeded: {limit_text(lim, currency)} of {decision.scope} (rule {decision.rule.name}) "
             f"is used up; retry in {wait} s",
         )
         rec.error = refusal_error(decision)
@@ -160,7 +197,8 @@ class Quota:
         state.quota = None  # an error after the response must not count it twice
         rec = state.record
         self.ledger.reconcile(
-            decision.reservation, used_by(rec.prompt_tokens, rec.completion_tokens, rec.total_tokens)
+            decision.reservation,
+            used_by(rec.prompt_tokens, rec.completion_tokens, rec.total_tokens, rec.cost),
         )
 
 

@@ -1,9 +1,10 @@
 """Configuration: defaults < TOML file < SIDEMETER_* environment < command-line flags.
 
 The keys, their types, defaults, help and checks are the table in agent/settings.py; `Config`
-is derived from it, one attribute per key. One key is not a scalar setting: `quotas`, the list
-of `[[quotas]]` tables, is read from the file only and parsed into `QuotaRule`s
-(agent/quota/rules.py) on `Config.quotas`.
+is derived from it, one attribute per key. Two keys are not scalar settings, and are read from
+the file only: `quotas`, the `[[quotas]]` tables, parsed into `QuotaRule`s (agent/quota/rules.py)
+on `Config.quotas`, and `prices`, the `[[prices]]` tables, parsed into `Price`s (agent/prices.py)
+on `Config.prices` (in the `currency` setting's currency; `Config.price_table` is the two together).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from agent.durations import parse_duration
 from agent.instance import LIVE_BEATS
+from agent.prices import PRICES, Price, PriceTable, currency_problem, parse_prices
 from agent.quota.rules import QuotaRule, parse_rules
 from agent.settings import (
     BY_NAME,
@@ -33,6 +35,7 @@ __all__ = [
     "DEFAULT_CONFIG_FILE",
     "ENV_PREFIX",
     "KEY_SOURCES",
+    "PRICES",
     "QUOTAS",
     "Config",
     "ConfigError",
@@ -84,6 +87,7 @@ class _ConfigMethods:
     def to_dict(self, *, redact: bool = False) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.field_names()}
         d[QUOTAS] = [rule.to_table() for rule in getattr(self, QUOTAS)]
+        d[PRICES] = [price.to_table() for price in getattr(self, PRICES)]
         if redact:
             for k, v in d.items():
                 if v and self.is_secret(k):
@@ -104,6 +108,12 @@ class _ConfigMethods:
         return parse_hostport(getattr(self, "ops_listen"), "ops_listen")  # noqa: B009
 
     @property
+    def price_table(self) -> PriceTable | None:
+        """The `[[prices]]` tables in their currency; None without prices."""
+        prices = getattr(self, PRICES)
+        return PriceTable(prices, getattr(self, "currency")) if prices else None  # noqa: B009
+
+    @property
     def key_sources(self) -> list[str]:
         """The JWT key sources that are set (empty values, e.g. `SIDEMETER_JWT_SECRET=`, are unset)."""
         return [k for k in KEY_SOURCES if getattr(self, k)]
@@ -119,6 +129,16 @@ class _ConfigMethods:
         conflict = key_source_conflict(self.key_sources)
         if conflict:
             found.append(conflict)
+        currency = currency_problem(getattr(self, "currency"), getattr(self, PRICES))  # noqa: B009
+        if currency:
+            found.append(currency)
+        if not getattr(self, PRICES):
+            for rule in getattr(self, QUOTAS):
+                for lim in rule.budgets:
+                    found.append(
+                        f"quotas rule {rule.name}: {lim.key} is a budget in currency and needs prices; "
+                        "add [[prices]] tables for the models (README: Cost) or remove it"
+                    )
         for degraded, down in _THRESHOLD_PAIRS:
             low, high = getattr(self, degraded), getattr(self, down)
             if low > high:
@@ -154,7 +174,10 @@ Config: Any = dataclass_of(
     "Config",
     CONFIG_SETTINGS,
     _ConfigMethods,
-    extra=[(QUOTAS, tuple[QuotaRule, ...], dataclasses.field(default=()))],
+    extra=[
+        (QUOTAS, tuple[QuotaRule, ...], dataclasses.field(default=())),
+        (PRICES, tuple[Price, ...], dataclasses.field(default=())),
+    ],
 )
 
 
@@ -175,15 +198,17 @@ def _read_values(path: Path, problems: list[str]) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     names = Config.field_names()
-    unknown = sorted(set(data) - {*names, QUOTAS})
+    unknown = sorted(set(data) - {*names, QUOTAS, PRICES})
     if unknown:
         problems.append(
             f"config file {path}: unknown key(s) {', '.join(unknown)}; "
-            f"known keys: {', '.join(names)}, {QUOTAS}"
+            f"known keys: {', '.join(names)}, {QUOTAS}, {PRICES}"
         )
     values = _coerced({k: v for k, v in data.items() if k in names}, str(path), problems)
     if QUOTAS in data:
         values[QUOTAS] = parse_rules(data[QUOTAS], f"config file {path}", problems)
+    if PRICES in data:
+        values[PRICES] = parse_prices(data[PRICES], f"config file {path}", problems)
     return values
 
 

@@ -28,6 +28,7 @@ from mitmproxy.proxy.layers.http import HttpErrorHook
 from addons.auth import Auth
 from addons.errors import DialectErrors, refuse, render_error, sidecar_failed
 from addons.meter import Meter
+from addons.price import Pricer
 from addons.quota import Quota
 from addons.record import Recorder
 from agent import __version__, metrics
@@ -89,6 +90,7 @@ class Sidecar:
             prune_after=parse_duration(config.retention) if config.auto_prune else None,
         )
         self.recorder = Recorder(self.store)
+        self.prices = config.price_table  # None without [[prices]]: records then cost None
         self.metrics = metrics.RequestMetrics(
             max_teams=config.metrics_max_teams,
             max_models=config.metrics_max_models,
@@ -96,6 +98,7 @@ class Sidecar:
             max_users=config.metrics_max_users,
             in_flight=lambda: self.recorder.in_flight,
             store=self.store,
+            currency=self.prices.currency if self.prices is not None else None,
         )
         self.recorder.listeners.append(self.metrics.observe)
         self.access_log: AccessLog | None = None  # made at start: it runs a writing thread
@@ -249,14 +252,24 @@ class Sidecar:
         # Auth right after the error pages and the limits, before Meter: it reads Authorization
         # before anything strips it, and a flow answered with 401 (or a refused head's 414/431)
         # never goes upstream (Meter sees flow.response).
+        # The pricer after the meter (it prices the final counts), before the quota and the
+        # recorder; only with prices (a hook without them would cost every request for nothing).
         # Quota after the meter (it reads the parsed request), before the recorder (it reconciles
-        # with the meter's final counts); a 429 it answers never goes upstream.
-        quota = Quota(self.quotas, cfg.quota_default_reservation, max(1, math.ceil(cfg.quota_stale_after)))
+        # with the meter's final counts and the cost); a 429 it answers never goes upstream.
+        quota = Quota(
+            self.quotas,
+            cfg.quota_default_reservation,
+            self.prices,
+            cfg.quota_default_reservation_seconds,
+            max(1, math.ceil(cfg.quota_stale_after)),
+        )
+        pricer = (Pricer(self.prices),) if self.prices is not None else ()
         ours = (
             DialectErrors(),
             self.limits,
             Auth(self.auth_settings, self.verifier),
             Meter(),
+            *pricer,
             quota,
             self.recorder,
         )

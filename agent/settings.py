@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from agent.durations import parse_duration
+from agent.prices import CURRENCY
 from agent.quota.windows import zone
 
 if TYPE_CHECKING:
@@ -188,6 +189,11 @@ def cors_origins(key: str, value: Any) -> None:
 def fraction(key: str, value: Any) -> None:
     if not 0 < value <= 1:
         raise ConfigError(f"{key}: must be a fraction above 0 and at most 1 (0.05 = 5%), got {value!r}")
+
+
+def currency_code(key: str, value: Any) -> None:
+    if not CURRENCY.fullmatch(value):
+        raise ConfigError(f"{key}: {value!r} is not an ISO 4217 code; use three capitals such as USD or EUR")
 
 
 def split_list(value: str | None) -> list[str]:
@@ -462,6 +468,15 @@ SETTINGS: tuple[Setting, ...] = (
             "While the fleet counters are stale, per-day and per-month limits (budgets) either admit "
             "on this sidecar's counts (open) or refuse with 503 (closed).",
             choices=("open", "closed")),
+    Setting("quota_default_reservation_seconds", float, 30.0, "quota",
+            "Seconds of server time a request to a gpu_hour-priced model holds against a cost "
+            "budget (cost_per_day, cost_per_month) while it runs.",
+            checks=(positive,), metavar="S", mitmproxy=True),
+    # -- cost: the currency of the [[prices]] tables
+    Setting("currency", str, None, "cost",
+            "ISO 4217 code of every price in the [[prices]] tables and of cost budgets, e.g. USD; "
+            "required once prices are given.",
+            checks=(currency_code,), metavar="CODE"),
     # -- metrics: what /metrics labels, and how many distinct values it keeps
     Setting("metrics_max_teams", int, 50, "metrics",
             "Distinct team label values /metrics keeps; later teams are counted as 'other'.",

@@ -37,8 +37,8 @@ def config_init(path: str | None, force: bool) -> None:
 @config_group.command("show")
 @CONFIG_OPTION
 def config_show(config_path: str | None) -> None:
-    """Print the effective config (defaults < file < environment), secrets masked, and the
-    [[quotas]] rules."""
+    """Print the effective config (defaults < file < environment), secrets masked, the
+    [[quotas]] rules and the [[prices]] tables."""
     import tomli_w
 
     cfg = _load(config_path)
@@ -93,7 +93,9 @@ def config_set(config_path: str | None, key: str, value: str) -> None:
         Config(**current).validate()
     except ConfigError as e:
         _fail(str(e))
-    if configmod.QUOTAS in current:  # the file's [[quotas]] tables, kept as they were
+    if configmod.QUOTAS in current:  # the file's [[quotas]] and [[prices]] tables, kept as they were
         current[configmod.QUOTAS] = [rule.to_table() for rule in current[configmod.QUOTAS]]
+    if configmod.PRICES in current:
+        current[configmod.PRICES] = [price.to_table() for price in current[configmod.PRICES]]
     target.write_text(tomli_w.dumps(current))
     click.echo(f"{key} = {value} written to {target}")

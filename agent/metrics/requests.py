@@ -134,6 +134,7 @@ class RequestMetrics:
         latest_semconv: bool | None = None,
         in_flight: Callable[[], int] | None = None,
         store: StoreState | None = None,
+        currency: str | None = None,
     ) -> None:
         self.team = CappedLabel(max_teams)
         self.model = CappedLabel(max_models)
@@ -141,6 +142,7 @@ class RequestMetrics:
         self.latest = semconv.latest_experimental() if latest_semconv is None else latest_semconv
         self.in_flight = in_flight
         self.store = store
+        self.currency = currency  # of the price table; None: no prices, no cost series
         # Until something identifies the server (the upstream prober, or an Ollama-only path
         # answered), an OpenAI-compatible upstream is just that.
         self.provider = semconv.OPENAI_COMPATIBLE
@@ -148,6 +150,7 @@ class RequestMetrics:
         # before the first request of each kind.
         self.requests: dict[tuple[str, ...], float] = dict.fromkeys(product(Outcome, Operation, Dialect), 0)
         self.tokens: dict[tuple[str, ...], float] = {}
+        self.cost: dict[tuple[str, ...], float] = {}
         self.user_requests: dict[tuple[str, ...], float] = {}
         self.user_tokens: dict[tuple[str, ...], float] = {}
         self.estimated = 0
@@ -180,6 +183,8 @@ class RequestMetrics:
             _add(tokens, ("cached", model, team), rec.cached_tokens)
         if rec.reasoning_tokens:
             _add(tokens, ("reasoning", model, team), rec.reasoning_tokens)
+        if rec.cost is not None:
+            _add(self.cost, (team, model), rec.cost)
         if rec.usage_source == UsageSource.ESTIMATED:
             self.estimated += 1
         if self.user is not None:
@@ -250,6 +255,21 @@ class RequestMetrics:
             ("type", "model", "team"),
             self.tokens,
         )
+        yield _counter(
+            "sidemeter_cost_total",
+            f"What requests cost by the [[prices]] table, in {self.currency or 'its currency (none set)'}, "
+            "by team and model (requests to a model without a price are not counted).",
+            ("team", "model"),
+            self.cost,
+        )
+        currency = GaugeMetricFamily(
+            "sidemeter_cost_currency_info",
+            "Always 1; the currency of sidemeter_cost_total and of cost budgets as a label.",
+            labels=("currency",),
+        )
+        if self.currency is not None:
+            currency.add_metric((self.currency,), 1)
+        yield currency
         yield _counter(
             "sidemeter_usage_estimated_total",
             "Requests whose token counts the sidecar estimated because the server reported none.",

@@ -138,7 +138,7 @@ class FleetSync:
         """One sync: push the deltas, read the totals back; False (and nothing changed) when the
         store failed."""
         began = self.clock()
-        pushes, reads, windows = self._collect(began)
+        pushes, reads, windows, costs = self._collect(began)
         try:
             if self._db is None:
                 self._db = open_database(self.url)
@@ -156,10 +156,17 @@ class FleetSync:
             s[1] += d[1]
             s[2] += d[2]
             s[3] += d[3]
+            s[4] = costs[push.key]  # the value pushed from, not a float sum that may miss it
         for key, total in totals.items():
             w = windows[key]
             s = w.synced
-            w.others[:] = (total[0] - s[0], total[1] - s[1], total[2] - s[2], total[3] - s[3])
+            w.others[:] = (
+                total[0] - s[0],
+                total[1] - s[1],
+                total[2] - s[2],
+                total[3] - s[3],
+                max(0.0, total[4] - s[4]),  # a float's rounding never makes the others' cost negative
+            )
         self.syncs += 1
         if self.last_error is not None:
             log.info("quota counters synced with the store again")
@@ -167,24 +174,30 @@ class FleetSync:
         self._synced(began)
         return True
 
-    def _collect(self, now: float) -> tuple[list[Push], list[WindowKey], dict[WindowKey, Window]]:
-        """The windows to push (usage not shared yet, ended ones included) and to read (current)."""
+    def _collect(
+        self, now: float
+    ) -> tuple[list[Push], list[WindowKey], dict[WindowKey, Window], dict[WindowKey, float]]:
+        """The windows to push (usage not shared yet, ended ones included) and to read
+        (current), and the cost each push was taken from."""
         pushes: list[Push] = []
         reads: list[WindowKey] = []
         windows: dict[WindowKey, Window] = {}
+        costs: dict[WindowKey, float] = {}
         for (rule, key), scope in list(self.ledger.scopes.items()):
             for period, w in list(scope.windows.items()):
                 u, s = w.used, w.synced
-                delta = (u[0] - s[0], u[1] - s[1], u[2] - s[2], u[3] - s[3])  # a snapshot: the loop adds on
+                cost = u[4]  # a snapshot: the loop adds on
+                delta = (int(u[0] - s[0]), int(u[1] - s[1]), int(u[2] - s[2]), int(u[3] - s[3]), cost - s[4])
                 wk = WindowKey(rule, key, period, int(w.start))
                 if any(delta):
                     pushes.append(Push(wk, int(w.end), delta))
+                    costs[wk] = cost
                 elif now < w.end:
                     reads.append(wk)
                 else:
                     continue
                 windows[wk] = w
-        return pushes, reads, windows
+        return pushes, reads, windows, costs
 
     def _failed(self, exc: Exception) -> None:
         self.failures += 1

@@ -1,5 +1,6 @@
 """Rebuilding the ledger from the store at start: one query sums, per user and team, the usage
-of the records that started in each current window, so a restart resets nobody's day."""
+(requests, tokens, cost) of the records that started in each current window, so a restart
+resets nobody's day or budget."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def rebuild(ledger: Ledger, db: peewee.Database) -> int:
         COLUMNS["total_tokens"],
     )
     tokens = peewee.fn.COALESCE(total, peewee.fn.COALESCE(prompt, 0) + peewee.fn.COALESCE(completion, 0))
+    cost = peewee.fn.COALESCE(COLUMNS["cost"], 0.0)  # None: no price matched, nothing spent
     sums: list[peewee.Node] = []
     periods = sorted(starts)
     for period in periods:
@@ -38,6 +40,7 @@ def rebuild(ledger: Ledger, db: peewee.Database) -> int:
             peewee.fn.SUM(peewee.Case(None, [(inside, peewee.fn.COALESCE(prompt, 0))], 0)),
             peewee.fn.SUM(peewee.Case(None, [(inside, peewee.fn.COALESCE(completion, 0))], 0)),
             peewee.fn.SUM(peewee.Case(None, [(inside, tokens)], 0)),
+            peewee.fn.SUM(peewee.Case(None, [(inside, cost)], 0.0)),
         ]
     earliest = datetime.fromtimestamp(min(starts.values()), UTC)
     query = (
@@ -51,9 +54,14 @@ def rebuild(ledger: Ledger, db: peewee.Database) -> int:
     )
     pairs = 0
     for row in query.bind(db).tuples().iterator():
-        user, team, values = row[0], row[1], [int(v or 0) for v in row[2:]]
+        user, team, values = row[0], row[1], row[2:]
         pairs += 1
         for n, period in enumerate(periods):
-            a = values[4 * n : 4 * n + 4]
-            ledger.load(user, team, period, (a[0], a[1], a[2], a[3]))
+            a = values[5 * n : 5 * n + 5]
+            ledger.load(
+                user,
+                team,
+                period,
+                (int(a[0] or 0), int(a[1] or 0), int(a[2] or 0), int(a[3] or 0), float(a[4] or 0)),
+            )
     return pairs

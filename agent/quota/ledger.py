@@ -10,7 +10,10 @@ Worst-case overshoot of a limit: every admitted request saw `used + in_flight < 
 usage a window ends with is below `limit + R`, where R is the largest reservation of one request
 (its max_tokens, or quota_default_reservation), plus what requests used beyond their
 reservations (a request without max_tokens that answered longer than the default, a prompt
-longer than its estimate). requests_per_minute never overshoots.
+longer than its estimate). requests_per_minute never overshoots. A cost budget holds, per
+request, its reservation priced by the model's price (prompt estimate x input rate + output cap
+x output rate, or quota_default_reservation_seconds of a gpu_hour price); requests to a model
+without a price cost nothing and are not held back by it.
 
 In a fleet (sidecars sharing a PostgreSQL store, `agent/quota/fleet.py`) each window also
 counts `others`: what the other sidecars used, as of the last sync. Their in-flight
@@ -29,11 +32,12 @@ from dataclasses import dataclass
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from agent.quota.rules import INPUT, OUTPUT, REQUESTS, TOTAL, Limit, QuotaRule, RuleIndex
+from agent.prices import Price
+from agent.quota.rules import COST, INPUT, OUTPUT, REQUESTS, TOTAL, Limit, QuotaRule, RuleIndex
 from agent.quota.windows import bounds
 from agent.records import Operation
 
-Amounts = tuple[int, int, int, int]  # requests, input, output, total tokens
+Amounts = tuple[int, int, int, int, float]  # requests, input, output, total tokens, cost
 EMBEDDING: Final = Operation.EMBEDDING
 
 
@@ -46,10 +50,11 @@ class Window:
     def __init__(self, start: float, end: float) -> None:
         self.start = start
         self.end = end
-        self.used = [0, 0, 0, 0]  # this sidecar's finished requests (and the rebuild's)
-        self.reserved = [0, 0, 0, 0]
-        self.others = [0, 0, 0, 0]  # the rest of the fleet's, as of the last sync
-        self.synced = [0, 0, 0, 0]  # the part of `used` already added to the shared counters
+        # requests, input, output, total tokens, cost (a float: the price table's currency)
+        self.used: list[float] = [0, 0, 0, 0, 0.0]  # this sidecar's finished requests (and the rebuild's)
+        self.reserved: list[float] = [0, 0, 0, 0, 0.0]
+        self.others: list[float] = [0, 0, 0, 0, 0.0]  # the rest of the fleet's, as of the last sync
+        self.synced: list[float] = [0, 0, 0, 0, 0.0]  # the part of `used` already in the shared counters
 
 
 class Scope:
@@ -75,12 +80,12 @@ class Standing:
     """Where one limit of a scope stands: what the RateLimit-* headers and /ops/quotas say."""
 
     limit: Limit
-    used: int
-    reserved: int
+    used: float  # whole numbers but for a cost budget
+    reserved: float
     reset_at: float  # epoch seconds the window ends
 
     @property
-    def remaining(self) -> int:
+    def remaining(self) -> float:
         return max(0, self.limit.value - self.used - self.reserved)
 
     def reset_in(self, now: float) -> int:
@@ -123,6 +128,7 @@ class Ledger:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.rules = tuple(rules)
+        self.budgets = any(rule.budgets for rule in self.rules)  # a cost limit: reservations are priced
         self.index = RuleIndex(self.rules)
         self.tz = tz
         self.clock = clock
@@ -181,6 +187,7 @@ class Ledger:
             r[1] += amounts[1]
             r[2] += amounts[2]
             r[3] += amounts[3]
+            r[4] += amounts[4]
         assert tightest is not None  # a rule has at least one limit
         w = windows[tightest.period]
         m = tightest.metric
@@ -190,18 +197,20 @@ class Ledger:
     def reconcile(self, reservation: Reservation, actual: Amounts) -> None:
         """A request finished having used `actual`: its reservation is released and its usage
         counted, in the windows it started in (a window that has ended since is gone)."""
-        h0, h1, h2, h3 = reservation.amounts
-        a0, a1, a2, a3 = actual
+        h0, h1, h2, h3, h4 = reservation.amounts
+        a0, a1, a2, a3, a4 = actual
         for w in reservation.windows:  # unrolled: this runs once per request
             r, u = w.reserved, w.used
             r[0] -= h0
             r[1] -= h1
             r[2] -= h2
             r[3] -= h3
+            r[4] -= h4
             u[0] += a0
             u[1] += a1
             u[2] += a2
             u[3] += a3
+            u[4] += a4
 
     # -- start-up and reads ---------------------------------------------------------
 
@@ -222,7 +231,7 @@ class Ledger:
         if user is not None:
             self.teams[user] = team
         w = self._window(self._scope(rule, user, team), period, self.clock())
-        for i in (REQUESTS, INPUT, OUTPUT, TOTAL):
+        for i in (REQUESTS, INPUT, OUTPUT, TOTAL, COST):
             w.used[i] += amounts[i]
 
     def standings(self) -> Iterator[tuple[Scope, list[Standing]]]:
@@ -315,15 +324,29 @@ class Ledger:
         return w
 
 
-def reservation(operation: str, prompt_chars: int, max_output: int | None, default_output: int) -> Amounts:
+def reservation(
+    operation: str,
+    prompt_chars: int,
+    max_output: int | None,
+    default_output: int,
+    price: Price | None = None,
+    default_seconds: float = 0.0,
+) -> Amounts:
     """What a request holds while it runs: one request, its prompt at ~4 characters a token,
-    and its output cap (`default_output` when it sets none; embeddings generate nothing)."""
+    its output cap (`default_output` when it sets none; embeddings generate nothing), and what
+    these cost at `price` (`default_seconds` of the server for gpu_hour pricing; 0 unpriced)."""
     prompt = -(-prompt_chars // 4)
     output = 0 if operation == EMBEDDING else (max_output or default_output)
-    return (1, prompt, output, prompt + output)
+    cost = 0.0 if price is None else price.reserved(prompt, output, default_seconds)
+    return (1, prompt, output, prompt + output, cost)
 
 
-def used_by(prompt_tokens: int | None, completion_tokens: int | None, total_tokens: int | None) -> Amounts:
-    """What a finished request counts: one request and its recorded tokens."""
+def used_by(
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    total_tokens: int | None,
+    cost: float | None = None,
+) -> Amounts:
+    """What a finished request counts: one request, its recorded tokens and its cost."""
     p, c = prompt_tokens or 0, completion_tokens or 0
-    return (1, p, c, total_tokens if total_tokens is not None else p + c)
+    return (1, p, c, total_tokens if total_tokens is not None else p + c, cost or 0.0)

@@ -20,7 +20,8 @@ REQUESTS: Final = 0
 INPUT: Final = 1
 OUTPUT: Final = 2
 TOTAL: Final = 3
-METRIC_NAMES: Final = ("requests", "input_tokens", "output_tokens", "tokens")
+COST: Final = 4  # in the price table's currency
+METRIC_NAMES: Final = ("requests", "input_tokens", "output_tokens", "tokens", "cost")
 
 # Limit key -> (window, counted usage).
 LIMITS: Final[Mapping[str, tuple[str, int]]] = {
@@ -30,8 +31,9 @@ LIMITS: Final[Mapping[str, tuple[str, int]]] = {
     "output_tokens_per_minute": (MINUTE, OUTPUT),
     "tokens_per_day": (DAY, TOTAL),
     "tokens_per_month": (MONTH, TOTAL),
+    "cost_per_day": (DAY, COST),
+    "cost_per_month": (MONTH, COST),
 }
-NOT_YET: Final = frozenset({"cost_per_day", "cost_per_month"})  # need a price table first
 EVERYONE: Final = "everyone"
 
 
@@ -40,7 +42,7 @@ class Limit:
     key: str  # e.g. tokens_per_minute
     period: str
     metric: int
-    value: int
+    value: float  # a whole number, but for a cost budget (COST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,11 @@ class QuotaRule:
     user: str | None = None
     team: str | None = None
     limits: tuple[Limit, ...] = field(default=())
+
+    @property
+    def budgets(self) -> tuple[Limit, ...]:
+        """The limits in currency (cost_per_day, cost_per_month): they need prices."""
+        return tuple(lim for lim in self.limits if lim.metric == COST)
 
     @property
     def name(self) -> str:
@@ -106,9 +113,7 @@ def _parse_rule(table: Any, where: str, problems: list[str]) -> QuotaRule | None
         return None
     known = ("user", "team", *LIMITS)
     for key in table:
-        if key in NOT_YET:
-            problems.append(f"{where}: {key} needs prices, which this version does not have yet; remove it")
-        elif key not in known:
+        if key not in known:
             problems.append(f"{where}: unknown key {key!r}; known keys: {', '.join(known)}")
     who: dict[str, str | None] = {}
     for key in ("user", "team"):
@@ -124,11 +129,15 @@ def _parse_rule(table: Any, where: str, problems: list[str]) -> QuotaRule | None
         if key not in table:
             continue
         value = table[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if metric == COST:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+                problems.append(f"{where}: {key} must be a positive amount of the currency, got {value!r}")
+                continue
+        elif isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             problems.append(f"{where}: {key} must be a positive whole number, got {value!r}")
             continue
         limits.append(Limit(key, period, metric, value))
-    if not any(k in LIMITS or k in NOT_YET for k in table):
+    if not any(k in LIMITS for k in table):
         problems.append(f"{where}: no limit; give at least one of {', '.join(LIMITS)}")
     return QuotaRule(who["user"], who["team"], tuple(limits))
 

@@ -15,7 +15,7 @@ import peewee
 from agent.store.schema import QuotaUsage
 
 TABLE: Final = QuotaUsage._meta.table_name
-AMOUNT_COLUMNS: Final = ("requests", "input_tokens", "output_tokens", "tokens")
+AMOUNT_COLUMNS: Final = ("requests", "input_tokens", "output_tokens", "tokens", "cost")
 
 
 class WindowKey(NamedTuple):
@@ -28,10 +28,11 @@ class WindowKey(NamedTuple):
 class Push(NamedTuple):
     key: WindowKey
     window_end: int
-    delta: tuple[int, int, int, int]
+    delta: Amounts
 
 
-Totals = dict[WindowKey, tuple[int, int, int, int]]
+Amounts = tuple[int, int, int, int, float]  # requests, input, output, total tokens, cost
+Totals = dict[WindowKey, Amounts]
 
 _AMOUNTS = ", ".join(AMOUNT_COLUMNS)
 _KEY = "rule, scope, period, window_start"
@@ -39,7 +40,7 @@ _ADD_AND_READ: Final = f"""
 WITH pushed AS (
     INSERT INTO {TABLE} AS q ({_KEY}, window_end, {_AMOUNTS})
     SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],
-                         %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])
+                         %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::float8[])
     ON CONFLICT ({_KEY}) DO UPDATE SET
         {", ".join(f"{c} = q.{c} + EXCLUDED.{c}" for c in AMOUNT_COLUMNS)}
     RETURNING {_KEY}, {_AMOUNTS}
@@ -58,7 +59,7 @@ def add_and_read(db: peewee.Database, pushes: Sequence[Push], reads: Sequence[Wi
     `reads` (a window nobody has counted yet is absent). The keys must be distinct."""
     if not pushes and not reads:
         return {}
-    cols: list[list[int | str]] = [[] for _ in range(9)]
+    cols: list[list[int | float | str]] = [[] for _ in range(10)]
     for p in pushes:
         for i, v in enumerate((*p.key, p.window_end, *p.delta)):
             cols[i].append(v)
@@ -72,13 +73,11 @@ def add_and_read(db: peewee.Database, pushes: Sequence[Push], reads: Sequence[Wi
     return {WindowKey(r[0], r[1], r[2], int(r[3])): _amounts(r) for r in rows}
 
 
-def _amounts(row: Sequence[object]) -> tuple[int, int, int, int]:
-    return (int(row[4]), int(row[5]), int(row[6]), int(row[7]))  # type: ignore[call-overload]
+def _amounts(row: Sequence[object]) -> Amounts:
+    return (int(row[4]), int(row[5]), int(row[6]), int(row[7]), float(row[8]))  # type: ignore[call-overload,arg-type]
 
 
-def current(
-    db: peewee.Database, starts: dict[str, int]
-) -> Iterator[tuple[WindowKey, tuple[int, int, int, int]]]:
+def current(db: peewee.Database, starts: dict[str, int]) -> Iterator[tuple[WindowKey, Amounts]]:
     """Every counter of the windows starting at `starts` (period -> epoch seconds): what a
     fleet sidecar loads at start."""
     if not starts:

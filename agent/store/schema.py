@@ -212,6 +212,7 @@ class QuotaUsage(peewee.Model):
     input_tokens = peewee.BigIntegerField(default=0)
     output_tokens = peewee.BigIntegerField(default=0)
     tokens = peewee.BigIntegerField(default=0)
+    cost = peewee.DoubleField(default=0.0)  # in the price table's currency: admission, not accounts
 
     class Meta:
         table_name = "quota_usage"

@@ -1,5 +1,6 @@
 """`GET /ops/quotas`: every quota rule, and each scope's usage, limit, remaining and reset
-(`?user=` or `?team=`: only the scope that applies to them)."""
+(`?user=` or `?team=`: only the scope that applies to them). Token and request limits are whole
+numbers; cost budgets (cost_per_day, cost_per_month) amounts of the price table's currency."""
 
 from __future__ import annotations
 
@@ -30,10 +31,10 @@ _LIMIT: dict[str, Any] = {
     "properties": {
         "name": {"type": "string", "description": "The limit's config key, e.g. tokens_per_minute"},
         "window": {"type": "string", "enum": ["minute", "day", "month"]},
-        "limit": {"type": "integer"},
-        "used": {"type": "integer", "description": "Counted from finished requests in this window"},
-        "reserved": {"type": "integer", "description": "Held by requests in flight"},
-        "remaining": {"type": "integer", "description": "limit - used - reserved, at least 0"},
+        "limit": {"type": "number", "description": "Whole numbers but for a cost budget (currency)"},
+        "used": {"type": "number", "description": "Counted from finished requests in this window"},
+        "reserved": {"type": "number", "description": "Held by requests in flight"},
+        "remaining": {"type": "number", "description": "limit - used - reserved, at least 0"},
         "reset": {"type": "string", "format": "date-time", "description": "When the window ends (UTC)"},
         "reset_in_s": {"type": "integer"},
     },
@@ -61,7 +62,7 @@ OPENAPI: dict[str, Any] = {
                                         "type": "object",
                                         "required": ["rule"],
                                         "properties": {"rule": {"type": "string"}},
-                                        "additionalProperties": {"type": ["string", "integer"]},
+                                        "additionalProperties": {"type": ["string", "number"]},
                                     },
                                 },
                                 "scopes": {

@@ -21,6 +21,9 @@ SECRET = "metrics-test-secret-that-is-long-enough-for-hs256"
 FAMILIES = {
     "sidemeter_requests": "counter",
     "sidemeter_tokens": "counter",
+    "sidemeter_cost": "counter",
+    "sidemeter_cost_currency_info": "gauge",
+    "sidemeter_quota_remaining_ratio": "gauge",
     "sidemeter_requests_in_flight": "gauge",
     "sidemeter_auth_failures": "counter",
     "sidemeter_upstream_up": "gauge",

@@ -69,7 +69,7 @@ def test_config_validate_reports_each_bad_rule_on_its_line(tmp_path: Path) -> No
     assert "quotas rule 1: give user or team, not both" in lines[0]
     assert "quotas rule 2: unknown key 'bogus'" in res.output
     assert "quotas rule 2: tokens_per_day must be a positive whole number, got -5" in res.output
-    assert "quotas rule 3: cost_per_month needs prices" in res.output
+    assert "quotas rule team:ml: cost_per_month is a budget in currency and needs prices" in res.output
     bad_zone = config(tmp_path, 'quota_timezone = "Mars/Olympus"\n' + RULES)
     res = sidemeter("config", "validate", "--config", str(bad_zone))
     assert res.exit_code == 2 and "quota_timezone: 'Mars/Olympus' is not an IANA time zone" in res.output
@@ -172,3 +172,57 @@ def test_quota_show_reads_the_config_and_the_store(tmp_path: Path) -> None:
     nobody = sidemeter("quota", "show", "--config", str(path), "--team", "ops")
     assert nobody.output == "no quota rule applies to team ops\n"
     assert sidemeter("quota", "show", "--user", "a", "--team", "b", "--config", str(path)).exit_code == 2
+
+
+PRICED = """
+currency = "EUR"
+
+[[prices]]
+model = "llama3*"
+gpu_hour = 1.8
+
+[[prices]]
+model = "gpt-4o-mini"
+input_per_million = 0.15
+output_per_million = 0.6
+
+[[quotas]]
+team = "ml"
+cost_per_day = 2.5
+tokens_per_day = 100000
+"""
+
+
+def test_budgets_are_rebuilt_from_the_cost_column_and_shown(tmp_path: Path) -> None:
+    """The spend of the current windows is the store's sum of cost (records without a price,
+    cost NULL, spend nothing); `config show` prints the prices, `config set` keeps them."""
+    path = config(tmp_path, PRICED)
+    now = datetime.now(UTC)
+    _store(
+        tmp_path,
+        [
+            _rec("bob", "ml", 120, now, cost=1.25),
+            _rec("amy", "ml", 30, now, cost=0.5),
+            _rec("amy", "ml", 50, now),  # no price for its model: cost NULL
+            _rec("amy", "ml", 10, now - timedelta(days=40), cost=9.0),  # an older month
+        ],
+    )
+    res = sidemeter("quota", "show", "--config", str(path), "--team", "ml", "--json")
+    assert res.exit_code == 0, res.output
+    (scope,) = json.loads(res.output)["scopes"]
+    limits = {lim["name"]: (lim["limit"], lim["used"], lim["remaining"]) for lim in scope["limits"]}
+    assert limits == {"tokens_per_day": (100000, 200, 99800), "cost_per_day": (2.5, 1.75, 0.75)}
+    table = sidemeter("quota", "show", "--config", str(path)).output
+    assert ("team:ml", "team:ml", "cost_per_day", "2.5", "1.75") in {
+        tuple(line.split()[:5]) for line in table.splitlines()
+    }
+    shown = tomllib.loads(sidemeter("config", "show", "--config", str(path)).output)
+    assert shown["currency"] == "EUR"
+    assert shown["prices"] == [
+        {"model": "llama3*", "gpu_hour": 1.8},
+        {"model": "gpt-4o-mini", "input_per_million": 0.15, "output_per_million": 0.6},
+    ]
+    assert sidemeter("config", "set", "--config", str(path), "retention", "7d").exit_code == 0
+    written = tomllib.loads(path.read_text())
+    assert written["prices"] == shown["prices"] and written["quotas"] == shown["quotas"]
+    assert sidemeter("config", "validate", "--config", str(path)).output == "config ok\n"

@@ -43,31 +43,35 @@ def test_each_sidecar_admits_against_the_others_usage(postgres_url: str) -> None
     db = open_database(postgres_url)
     migrate(db)
     db.close()
-    rule = {"user": "u", "tokens_per_day": 100}  # a day: no window rolls over mid-test
+    # a day: no window rolls over mid-test; the budget is far off, its cost is shared too
+    rule = {"user": "u", "tokens_per_day": 100, "cost_per_day": 100.0}
     a, b = new_ledger(rule), new_ledger(rule)
     sa, sb = sync_of(a, postgres_url), sync_of(b, postgres_url)
     try:
-        for led, tokens in ((a, 30), (b, 50)):
-            d = led.admit("u", None, (1, 0, 10, 10))
+        for led, tokens, cost in ((a, 30, 0.1), (b, 50, 0.2)):
+            d = led.admit("u", None, (1, 0, 10, 10, 0.05))
             assert d and d.reservation
-            led.reconcile(d.reservation, (1, 5, tokens - 5, tokens))
+            led.reconcile(d.reservation, (1, 5, tokens - 5, tokens, cost))
         assert sa.tick() and sb.tick() and sa.tick()  # a reads b's push of the same round
         (scope_a,) = a.scopes.values()
         (scope_b,) = b.scopes.values()
-        assert scope_a.windows["day"].others == [1, 5, 45, 50]
-        assert scope_a.windows["day"].used == [1, 5, 25, 30]
-        assert scope_b.windows["day"].others == [1, 5, 25, 30]
-        assert [s.used for s in a.standing_of(scope_a)] == [80]
-        d = b.admit("u", None, (1, 0, 10, 10))
+        assert scope_a.windows["day"].others == pytest.approx([1, 5, 45, 50, 0.2])
+        assert scope_a.windows["day"].used == [1, 5, 25, 30, 0.1]
+        assert scope_b.windows["day"].others == pytest.approx([1, 5, 25, 30, 0.1])
+        assert [s.used for s in a.standing_of(scope_a)] == [80, pytest.approx(0.3)]
+        d = b.admit("u", None, (1, 0, 10, 10, 0.05))
         assert d and d.refused_by is None and d.shown.remaining == 10  # 100 - 80 - its own 10
         assert d.reservation
-        b.reconcile(d.reservation, (1, 0, 20, 20))  # 100 counted across the fleet
+        b.reconcile(d.reservation, (1, 0, 20, 20, 0.1))  # 100 counted across the fleet
         assert sb.tick() and sa.tick()
         assert scope_a.windows["day"].others[3] == 70
-        refused = a.admit("u", None, (1, 0, 1, 1))
+        assert scope_a.windows["day"].others[4] == pytest.approx(0.3)
+        refused = a.admit("u", None, (1, 0, 1, 1, 0.0))
         assert refused and refused.refused_by is not None and refused.refused_by.used == 100
         assert sa.tick() and sa.tick()  # nothing new: the totals do not move
         assert scope_a.windows["day"].others[3] == 70 and scope_a.windows["day"].synced[3] == 30
+        # every push is accounted for exactly, floats too: the window can be pruned once over
+        assert scope_a.windows["day"].synced == scope_a.windows["day"].used
         # a third sidecar starting now loads the fleet's counters
         c = new_ledger(rule)
         db = open_database(postgres_url)
@@ -76,8 +80,9 @@ def test_each_sidecar_admits_against_the_others_usage(postgres_url: str) -> None
         finally:
             db.close()
         (scope_c,) = c.scopes.values()
-        assert scope_c.windows["day"].others == [3, 10, 90, 100]
-        assert c.admit("u", None, (1, 0, 1, 1)).refused_by is not None  # type: ignore[union-attr]
+        assert scope_c.windows["day"].others[:4] == [3, 10, 90, 100]
+        assert scope_c.windows["day"].others[4] == pytest.approx(0.4)
+        assert c.admit("u", None, (1, 0, 1, 1, 0.0)).refused_by is not None  # type: ignore[union-attr]
     finally:
         for s in (sa, sb):
             if s._db is not None:

@@ -11,6 +11,7 @@ from mitmproxy.test import taddons, tflow
 
 from addons.flowstate import state_of
 from addons.quota import Quota
+from agent.prices import Price, PriceTable
 from agent.quota.ledger import Ledger
 from agent.quota.rules import rules_from_tables
 from agent.quota.windows import zone
@@ -95,3 +96,28 @@ def test_standalone_it_reads_the_rules_of_sidemeter_toml(
         (tmp_path / "sidemeter.toml").write_text('[[quotas]]\nuser = "u"\n')
         with pytest.raises(exceptions.OptionsError, match="no limit"):
             tctx.configure(q, sidemeter_quota_default_reservation=5)
+
+
+def test_a_budget_holds_the_priced_reservation_and_counts_the_record_s_cost() -> None:
+    prices = PriceTable([Price("m", input_per_million=1000, output_per_million=4000)], "USD")
+    ledger = Ledger(rules_from_tables([{"user": "u", "cost_per_day": 0.5}]), zone("UTC"))
+    q = Quota(ledger, default_reservation=100, prices=prices)
+    f = flow()  # 8 characters of prompt (2 tokens) and max_tokens 10
+    q.request(f)
+    held = state_of(f).quota.reservation.amounts  # type: ignore[union-attr]
+    assert held[4] == (2 * 1000 + 10 * 4000) / 1e6 == 0.042
+    answer(f)
+    q.responseheaders(f)
+    h = f.response.headers  # type: ignore[union-attr]
+    assert (h["RateLimit-Limit"], h["RateLimit-Remaining"]) == ("0.5", "0.458")
+    state_of(f).record.cost = 0.125
+    q.response(f)
+    ((_scope, (standing,)),) = ledger.standings()
+    assert (standing.used, standing.reserved) == (0.125, 0.0)
+    ledger.load("u", None, "day", (0, 0, 0, 0, 0.375))  # 0.5 spent: the next one is refused
+    refused = flow()
+    q.request(refused)
+    assert refused.response is not None and refused.response.status_code == 429
+    assert b"cost_per_day = 0.5 USD of user:u" in refused.response.content  # type: ignore[operator]
+    assert refused.response.headers["RateLimit-Remaining"] == "0"
+    assert state_of(refused).record.error == "quota_exceeded: rule user:u (user:u) cost_per_day 0.5"

@@ -152,3 +152,76 @@ def test_config_validate_reuses_the_checks_of_run(tmp_path: Path) -> None:
         "--listen and --ops-listen are both" in problems[0]
         and "cannot open the SQLite database" in problems[1]
     )
+
+
+PRICED = """
+currency = "EUR"
+
+[[prices]]
+model = "llama3*"
+gpu_hour = 2.4
+
+[[prices]]
+model = "gpt-4o-mini"
+input_per_million = 0.15
+output_per_million = 0.6
+cached_input_per_million = 0.075
+
+[[quotas]]
+team = "ml"
+cost_per_day = 5
+cost_per_month = 100.5
+"""
+
+
+def test_prices_and_budgets_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "sidemeter.toml"
+    path.write_text(PRICED)
+    cfg = configmod.load(path, environ={})
+    table = cfg.price_table
+    assert table is not None and table.currency == "EUR"
+    assert table.price_for("llama3.2:latest").gpu_hour == 2.4  # type: ignore[union-attr]
+    assert table.price_for("gpt-4o-mini").cached_input_per_million == 0.075  # type: ignore[union-attr]
+    assert [(lim.key, lim.value) for lim in cfg.quotas[0].budgets] == [
+        ("cost_per_day", 5),
+        ("cost_per_month", 100.5),
+    ]
+    assert cfg.to_dict()["prices"] == [
+        {"model": "llama3*", "gpu_hour": 2.4},
+        {
+            "model": "gpt-4o-mini",
+            "input_per_million": 0.15,
+            "output_per_million": 0.6,
+            "cached_input_per_million": 0.075,
+        },
+    ]
+    assert configmod.load(None, environ={}).price_table is None
+
+
+def test_prices_need_a_currency_and_budgets_need_prices(tmp_path: Path) -> None:
+    path = tmp_path / "sidemeter.toml"
+    path.write_text(PRICED.replace('currency = "EUR"', ""))
+    with pytest.raises(ConfigError, match=r'prices need a currency: add e\.g\. currency = "USD"'):
+        configmod.load(path, environ={})
+    with pytest.raises(ConfigError, match="currency: 'euro' is not an ISO 4217 code"):
+        configmod.load(path, environ={"SIDEMETER_CURRENCY": "euro"})
+    assert configmod.load(path, environ={"SIDEMETER_CURRENCY": "USD"}).price_table.currency == "USD"
+    path.write_text('currency = "EUR"\n[[quotas]]\nteam = "ml"\ncost_per_day = 5\ncost_per_month = 100.5\n')
+    with pytest.raises(ConfigError) as info:
+        configmod.load(path, environ={})
+    assert info.value.problems == (
+        "quotas rule team:ml: cost_per_day is a budget in currency and needs prices; add [[prices]] "
+        "tables for the models (README: Cost) or remove it",
+        "quotas rule team:ml: cost_per_month is a budget in currency and needs prices; add [[prices]] "
+        "tables for the models (README: Cost) or remove it",
+    )
+    path.write_text(
+        'currency = "USD"\n[[prices]]\nmodel = "m"\n[[prices]]\nmodel = "n"\ngpu_hour = "cheap"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        configmod.read_file(path)
+    assert [p.split(": ", 1)[1] for p in info.value.problems] == [
+        "prices table 1: no price; give input_per_million, output_per_million, cached_input_per_million "
+        "(per million tokens) or gpu_hour",
+        "prices table 2: gpu_hour must be a number of 0 or more, got 'cheap'",
+    ]

@@ -28,6 +28,7 @@ from tests.support.paths import ROOT
 MITMPROXY_OPTIONS = {
     "sidemeter_quota_timezone",
     "sidemeter_quota_default_reservation",
+    "sidemeter_quota_default_reservation_seconds",
     "sidemeter_auth",
     "sidemeter_header_timeout",
     "sidemeter_idle_timeout",
@@ -104,8 +105,8 @@ CONFIG_KEYS = {
     *("ready_requires_upstream", "health_error_rate_degraded", "health_error_rate_down"),
     *("health_latency_p95_degraded", "health_latency_p95_down", "health_min_requests"),
     *("quota_timezone", "quota_default_reservation", "quota_sync_interval", "quota_stale_after"),
-    *("quota_store_down_rates", "quota_store_down_budgets"),
-    *("instance_id", "auto_prune"),
+    *("quota_store_down_rates", "quota_store_down_budgets", "quota_default_reservation_seconds"),
+    *("instance_id", "auto_prune", "currency"),
     *("heartbeat_interval", "instance_retention"),
 }
 
@@ -125,7 +126,7 @@ def test_the_table_is_consistent() -> None:
 
 def test_config_is_derived_from_the_table() -> None:
     fields = {f.name: f for f in dataclasses.fields(Config)}
-    assert list(fields) == [*(s.name for s in CONFIG_SETTINGS), "quotas"]  # the [[quotas]] rules
+    assert list(fields) == [*(s.name for s in CONFIG_SETTINGS), "quotas", "prices"]  # the tables
     cfg = Config()
     for s in CONFIG_SETTINGS:
         assert getattr(cfg, s.name) == s.default
