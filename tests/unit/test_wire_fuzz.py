@@ -309,8 +309,13 @@ _STRIPPABLE = (b"usage", b"timings", b"__tool_call_incomplete")
 
 
 def untouchable(data: bytes) -> list[bytes]:
-    """The events strip mode must forward byte for byte."""
-    return [e for e in events(data) if not any(k in e for k in _STRIPPABLE)]
+    """The events strip mode must forward byte for byte: not those with strippable members, nor
+    one right before an event carrying llama.cpp's last-chunk members (they may move onto it)."""
+    evs = events(data)
+    moves_onto = {
+        i - 1 for i, e in enumerate(evs) if i and any(k in e for k in (b"timings", b"__tool_call_incomplete"))
+    }
+    return [e for i, e in enumerate(evs) if not any(k in e for k in _STRIPPABLE) and i not in moves_onto]
 
 
 def is_subsequence(part: list[bytes], whole: list[bytes]) -> bool:
@@ -643,3 +648,18 @@ def test_a_count_out_of_range_is_no_count() -> None:
 def test_an_error_body_keeps_a_lone_surrogate_escaped() -> None:
     # Found by the fuzzer: an upstream's "\ud800" (Python's json reads it) made error_body raise.
     assert error_body(Dialect.OLLAMA, 502, "bad \ud800") == b'{"error": "bad \\ud800"}'
+
+
+def test_llama_cpp_members_move_onto_a_finish_chunk_the_fuzzer_found() -> None:
+    """A finish chunk with an odd finish_reason still takes back the members llama.cpp put on
+    the usage-only chunk (found by the fuzzer: the check above once called that an error)."""
+    raw = (
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":""}]}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"0"}]}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":null},'
+        b'"timings":{"prompt_ms":0,"predicted_ms":1.0},"__tool_call_incomplete":null}\n\n'
+    )
+    check_stream("/v1/chat/completions", raw, [raw])
+    _, out = feed_all(info("/v1/chat/completions", {"model": "m", "stream": True}), [raw], True)
+    assert b'"finish_reason":"0"}],"timings":{"prompt_ms":0,"predicted_ms":1.0},' in out
+    assert b'"usage"' not in out
