@@ -24,6 +24,7 @@ from agent.store.rollups import (
     DIMENSIONS,
     RELATIVE_ERROR,
     ZERO_BUCKET,
+    Cell,
     bucket_of,
     bucket_value,
     roll_up_periods,
@@ -116,6 +117,42 @@ def test_every_value_is_within_the_stated_error_of_its_bucket() -> None:
         assert abs(bucket_value(bucket_of(v)) - v) <= RELATIVE_ERROR * v * (1 + 1e-9), v
     assert RELATIVE_ERROR <= PERCENTILE_ERROR
     assert bucket_of(0.0) == ZERO_BUCKET and bucket_value(ZERO_BUCKET) == 0.0
+
+
+def test_merged_cells_give_the_nearest_rank_bucket_of_every_sample_brute_force() -> None:
+    # Cells as a grouped answer builds them: rollup rows (encoded, then decoded) and loose
+    # buckets from the records, merged; each percentile must be the bucket of the
+    # ceil(q% n)-th smallest of all the samples, and the re-encoded cell the summed counts.
+    rng = random.Random(11)
+    qs = (0.1, 1, 25, 50, 95, 99, 99.9, 100)
+    for trial in range(60):
+        samples: list[int] = []
+        total = Cell()
+        for _ in range(rng.randint(0, 6)):
+            part, rows = Cell(), rng.randint(0, 5)
+            for _ in range(rows):
+                row = Cell()
+                for _ in range(rng.randint(0, 40)):
+                    bucket = rng.choice((ZERO_BUCKET, rng.randint(-50, 400), rng.randint(0, 3)))
+                    n = rng.randint(1, 1 if trial % 2 else 50)
+                    row.add_bucket(0, bucket, n)
+                    samples += [bucket] * n
+                part.add_encoded(0, row.encoded(0))
+            for _ in range(rng.randint(0, 20)):
+                bucket = rng.randint(-5, 30)
+                part.add_bucket(0, bucket, 1)
+                samples.append(bucket)
+            total.merge(part)
+        samples.sort()
+        want = [
+            bucket_value(samples[max(1, math.ceil(q * len(samples) / 100)) - 1]) if samples else None
+            for q in qs
+        ]
+        assert total.percentiles(0, qs) == want
+        again = Cell()
+        again.add_encoded(0, total.encoded(0))
+        assert again.percentiles(0, qs) == want
+        assert total.percentiles(1, qs) == [None] * len(qs)
 
 
 # -- the rollups against the records ------------------------------------------------------------
