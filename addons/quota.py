@@ -44,6 +44,7 @@ log = logging.getLogger("sidemeter.quota")
 QUOTA_EXCEEDED: Final = "quota_exceeded"
 QUOTA_UNAVAILABLE: Final = "quota_unavailable"
 OURS: Final = frozenset({b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset"})
+_OUR_LENGTHS: Final = frozenset(len(name) for name in OURS)  # most names need no lower()
 COUNTED: Final = frozenset({Operation.CHAT, Operation.COMPLETION, Operation.EMBEDDING, Operation.RESPONSES})
 
 
@@ -52,17 +53,27 @@ def amount(value: float) -> str:
     return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
-def rate_limit_headers(shown: Standing, now: float) -> list[tuple[bytes, bytes]]:
+def rate_limit_headers(shown: Standing, now: float) -> tuple[tuple[bytes, bytes], ...]:
     """The RateLimit-* fields of `shown` (draft-ietf-httpapi-ratelimit-headers-06)."""
-    if shown.limit.metric == COST:
-        limit, remaining = amount(shown.limit.value), amount(shown.remaining)
+    lim = shown.limit
+    if lim.metric == COST:
+        limit, remaining = amount(lim.value), amount(shown.remaining)
     else:
-        limit, remaining = str(shown.limit.value), str(shown.remaining)
-    return [
+        limit, remaining = str(lim.value), str(shown.remaining)
+    return (
         (b"RateLimit-Limit", limit.encode()),
         (b"RateLimit-Remaining", remaining.encode()),
         (b"RateLimit-Reset", str(shown.reset_in(now)).encode()),
-    ]
+    )
+
+
+def without_ours(fields: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """`fields` without the upstream's own RateLimit-* (ours replace them); a plain loop first,
+    since an upstream rarely sends any and this runs once per admitted response."""
+    for name, _ in fields:
+        if len(name) in _OUR_LENGTHS and name.lower() in OURS:
+            return tuple([f for f in fields if f[0].lower() not in OURS])
+    return fields
 
 
 def limit_text(lim: Limit, currency: str | None) -> str:
@@ -179,9 +190,8 @@ class Quota:
             return
         assert flow.response is not None
         headers = flow.response.headers
-        # One pass over the fields: the upstream's own RateLimit-* give way to ours.
-        kept = tuple(f for f in headers.fields if f[0].lower() not in OURS)
-        headers.fields = (*kept, *rate_limit_headers(decision.shown, self.ledger.clock()))
+        ours = rate_limit_headers(decision.shown, self.ledger.clock())
+        headers.fields = without_ours(headers.fields) + ours
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._reconcile(flow)

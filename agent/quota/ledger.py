@@ -60,12 +60,13 @@ class Window:
 class Scope:
     """The usage one rule counts for one user or team: a window per period the rule limits."""
 
-    __slots__ = ("key", "rule", "windows")
+    __slots__ = ("key", "periods", "rule", "windows")
 
     def __init__(self, rule: QuotaRule, key: str) -> None:
         self.rule = rule
         self.key = key
         self.windows: dict[str, Window] = {}
+        self.periods = tuple(dict.fromkeys(lim.period for lim in rule.limits))  # a request holds each once
 
     def expire(self, now: float, *, keep_unsynced: bool) -> None:
         """Drop the windows that have ended (`keep_unsynced`: not those whose usage the sync
@@ -133,6 +134,9 @@ class Ledger:
         self.tz = tz
         self.clock = clock
         self.scopes: dict[tuple[str, str], Scope] = {}
+        # (user, team) -> their scope: one lookup instead of matching the rule and building the
+        # scope's key each request; entries go with their scope (`prune`).
+        self._callers: dict[tuple[str | None, str | None], Scope] = {}
         self.teams: dict[
             str, str | None
         ] = {}  # each user's latest team: whose rule `quota show --user` reads
@@ -150,13 +154,16 @@ class Ledger:
     def admit(self, user: str | None, team: str | None, amounts: Amounts) -> Decision | None:
         """Admit or refuse a request of `user` in `team` that would use up to `amounts`;
         None when no rule applies. An admitted request holds `amounts` until `reconcile`."""
-        rule = self.index.match(user, team)
-        if rule is None:
-            return None
+        scope = self._callers.get((user, team))
+        if scope is None:
+            matched = self.index.match(user, team)
+            if matched is None:
+                return None
+            scope = self._callers[(user, team)] = self._scope(matched, user, team)
+        rule = scope.rule
         now = self.clock()
         if user is not None:
             self.teams[user] = team
-        scope = self._scope(rule, user, team)
         windows = scope.windows
         if now >= self.fresh_until and self.closed:
             closed = self._closed_limit(scope, now)
@@ -180,7 +187,7 @@ class Ledger:
                     tightest_left, tightest = left, lim
         if refused is not None:
             return Decision(rule, scope.key, refused, refused_by=refused)
-        held = tuple({lim.period: windows[lim.period] for lim in rule.limits}.values())
+        held = tuple([windows[p] for p in scope.periods])
         for w in held:
             r = w.reserved
             r[0] += amounts[0]
@@ -280,6 +287,8 @@ class Ledger:
                 del self.scopes[k]
                 dropped += 1
         if dropped:
+            scopes = self.scopes
+            self._callers = {c: s for c, s in self._callers.items() if scopes.get((s.rule.name, s.key)) is s}
             self.teams = {
                 u: t
                 for u, t in self.teams.items()
