@@ -432,6 +432,8 @@ class Sidemeter(ProcessTarget):
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), init=False)
     user: str = "bench-user"
     team: str = "bench-team"
+    quotas: bool = False  # a [[quotas]] rule for the bench's team, with limits it never reaches
+    quota_series: str | None = field(default=None, init=False)  # its /metrics line, read before stop
 
     def env(self, bench: Bench) -> dict[str, str]:
         env = bench.child_env()
@@ -464,11 +466,21 @@ class Sidemeter(ProcessTarget):
         data_dir = bench.workdir / self.name
         self.db_path = data_dir / "usage.db"
         self.ops_port = free_port()
+        config: list[str] = []
+        if self.quotas:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            path = data_dir / "sidemeter.toml"
+            path.write_text(
+                f'[[quotas]]\nteam = "{self.team}"\nrequests_per_minute = 1000000000\n'
+                "tokens_per_minute = 1000000000000\ntokens_per_day = 1000000000000\n"
+            )
+            config = ["--config", str(path)]
         return [
             bench.python,
             "-m",
             "agent.cli",
             "run",
+            *config,
             "--upstream",
             bench.upstream_url,
             "--listen",
@@ -490,7 +502,21 @@ class Sidemeter(ProcessTarget):
     async def ready(self, port: int) -> bool:
         return await http_ok(f"http://127.0.0.1:{self.ops_port}/readyz")
 
+    async def stop(self) -> None:
+        if self.quotas and self.service is not None:  # did the rule meet the load?
+            self.quota_series = await _quota_series(self.ops_port, f"team:{self.team}")
+        await super().stop()
+
     def checks(self) -> list[Check]:
+        checks = self._record_checks()
+        if self.quotas:
+            line = self.quota_series
+            used = line is not None and float(line.rsplit(" ", 1)[1]) < 1.0
+            detail = line or "no sidemeter_quota_remaining_ratio series of the team's scope in /metrics"
+            checks.append(Check(f"{self.name}: the quota rule counted the load", used, detail))
+        return checks
+
+    def _record_checks(self) -> list[Check]:
         t = self.tally
         try:
             with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)) as db:
@@ -528,6 +554,23 @@ class Sidemeter(ProcessTarget):
             f"exit code {self.exit_code} after SIGTERM; spill files left: {spilled}"
         )
         return [Check(f"{self.name}: one usage record per request", passed, detail)]
+
+
+async def _quota_series(ops_port: int, scope: str) -> str | None:
+    """The `sidemeter_quota_remaining_ratio` line of `scope` in the sidecar's /metrics."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s,
+            s.get(f"http://127.0.0.1:{ops_port}/metrics") as r,
+        ):
+            text = await r.text()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+    want = f'scope="{scope}"'
+    return next(
+        (ln for ln in text.splitlines() if ln.startswith("sidemeter_quota_remaining_ratio{") and want in ln),
+        None,
+    )
 
 
 # LiteLLM ------------------------------------------------------------------------------
@@ -635,6 +678,12 @@ TARGETS: dict[str, Callable[[], Target]] = {
     ),
     "mitmdump": lambda: Mitmdump(
         "mitmdump", "stock mitmdump, reverse mode, no addons (-q, connection_strategy=lazy)"
+    ),
+    "sidemeter-quotas": lambda: Sidemeter(
+        "sidemeter-quotas",
+        "sidemeter run --auth jwt with a [[quotas]] rule matching the caller's team (a requests and "
+        "two token limits, never reached): admission, RateLimit-* headers, reconciliation",
+        quotas=True,
     ),
     "sidemeter-noauth": lambda: Sidemeter(
         "sidemeter-noauth", "sidemeter run --auth off: metering and SQLite records, no JWT check", auth=False
