@@ -42,6 +42,7 @@ from agent.config import Config
 from agent.records import UsageRecord, new_request_id, utcnow
 from agent.store.database import migrate, open_database
 from agent.store.insert import MultiRowInsert
+from agent.store.readers import Readers
 from agent.store.rollups import roll_up_periods
 from agent.store.schema import ROLLED_TABLE, ROLLUP_TABLE, USAGE_TABLE
 from agent.store.stats import PERCENTILE_ERROR, compute_stats
@@ -139,8 +140,12 @@ def agree(exact: dict[str, Any], rolled: dict[str, Any]) -> None:
 
 async def time_http(url: str, db: peewee.Database, runs: int) -> dict[str, float]:
     """p50 ms of GET /ops/stats through the real ops app on a loopback port."""
+    readers = Readers(url)
     view = SimpleNamespace(
-        config=Config(db=url, auth="off"), store=SimpleNamespace(db=db), started_at=time.time(), verifier=None
+        config=Config(db=url, auth="off"),
+        store=SimpleNamespace(db=db, readers=readers),
+        started_at=time.time(),
+        verifier=None,
     )
     runner = web.AppRunner(build_app(view))  # type: ignore[arg-type]
     await runner.setup()
@@ -171,6 +176,7 @@ async def time_http(url: str, db: peewee.Database, runs: int) -> dict[str, float
                 out[name] = statistics.median(times)
     finally:
         await runner.cleanup()
+        readers.close()
     return out
 
 
@@ -221,23 +227,27 @@ async def _ready(session: aiohttp.ClientSession, url: str, timeout: float = 60.0
 
 
 async def proxy_overhead(
-    db_url: str, pollers: int, interval: float, requests: int
+    db_url: str, pollers: int, interval: float, requests: int, blocks: int
 ) -> list[tuple[str, float]]:
     """The proxy's added p50 (via the sidecar minus direct to the simulated server, requests
-    alternating, concurrency 1), without and with `pollers` clients polling /ops/stats every
-    `interval` s; the sidecar and the server are subprocesses, as in production."""
+    alternating, concurrency 1) without and with `pollers` clients polling /ops/stats every
+    `interval` s. The two conditions alternate in `blocks` blocks of `requests` requests each,
+    and each condition's p50s are taken over all its blocks, so the box's drift during the run
+    hits both alike. The sidecar and the server are subprocesses, as in production; the server
+    answers at once (no token delay), so the proxy's share of a request is as large as it gets."""
     python = sys.executable
     up_port, port, ops_port = (free_port() for _ in range(3))
     with tempfile.TemporaryDirectory() as data:
         procs = [
             await asyncio.create_subprocess_exec(
                 python, "-m", "agent.cli", "mock-upstream", "--dialect", "openai",
-                "--listen", f"127.0.0.1:{up_port}",
+                "--listen", f"127.0.0.1:{up_port}", "--token-delay", "0",
             ),
             await asyncio.create_subprocess_exec(
                 python, "-m", "agent.cli", "run", "--upstream", f"http://127.0.0.1:{up_port}",
                 "--listen", f"127.0.0.1:{port}", "--ops-listen", f"127.0.0.1:{ops_port}", "--db", db_url,
                 "--data-dir", data, "--auth", "off", "--log-level", "warning",
+                stdout=asyncio.subprocess.DEVNULL,  # the access log, one line a request
             ),
         ]  # fmt: skip
         try:
@@ -256,12 +266,13 @@ async def proxy_overhead(
                         assert r.status == 200
                     return (time.perf_counter() - t0) * 1000
 
-                async def added(n: int) -> float:
-                    direct, proxied = [], []
+                times: dict[bool, tuple[list[float], list[float]]] = {False: ([], []), True: ([], [])}
+
+                async def block(n: int, polling: bool) -> None:
+                    direct, proxied = times[polling]
                     for _ in range(n):
                         direct.append(await timed(f"http://127.0.0.1:{up_port}"))
                         proxied.append(await timed(f"http://127.0.0.1:{port}"))
-                    return statistics.median(proxied) - statistics.median(direct)
 
                 polls = 0
 
@@ -271,18 +282,24 @@ async def proxy_overhead(
                     while True:
                         async with session.get(url) as r:
                             await r.read()
+                            assert r.status == 200, r.status
                         polls += 1
                         await asyncio.sleep(interval)
 
-                await added(50)  # warm-up
-                out = []
-                for _ in range(2):  # interleaved, so drift of the box hits both alike
-                    out.append(("without polling", await added(requests)))
-                    tasks = [asyncio.create_task(poll()) for _ in range(pollers)]
-                    out.append((f"{pollers} pollers every {interval}s", await added(requests)))
+                await block(50, False)  # warm-up
+                times[False] = ([], [])
+                for i in range(2 * blocks):
+                    polling = i % 2 == 1
+                    tasks = [asyncio.create_task(poll()) for _ in range(pollers if polling else 0)]
+                    await block(requests, polling)
                     for task in tasks:
                         task.cancel()
                     await asyncio.gather(*tasks, return_exceptions=True)
+                out = []
+                names = {False: "without polling", True: f"{pollers} pollers every {interval}s"}
+                for polling, name in names.items():
+                    direct, proxied = times[polling]
+                    out.append((name, statistics.median(proxied) - statistics.median(direct)))
                 out.append(("polls answered", float(polls)))
                 return out
         finally:
@@ -308,7 +325,10 @@ def main() -> None:
     parser.add_argument(
         "--interval", type=float, default=0.5, help="with --proxy: seconds between polls [0.5]"
     )
-    parser.add_argument("--requests", type=int, default=300, help="with --proxy: requests per phase [300]")
+    parser.add_argument("--requests", type=int, default=300, help="with --proxy: requests per block [300]")
+    parser.add_argument(
+        "--blocks", type=int, default=10, help="with --proxy: blocks per condition, alternating [10]"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"/ops/stats over 24 h of records, p50 of {args.runs} runs (raw: of 3 at >= 1M), ms:")
@@ -329,7 +349,9 @@ def main() -> None:
                 flush=True,
             )
             if args.proxy:
-                figures = asyncio.run(proxy_overhead(url, args.pollers, args.interval, args.requests))
+                figures = asyncio.run(
+                    proxy_overhead(url, args.pollers, args.interval, args.requests, args.blocks)
+                )
                 for name, value in figures:
                     print(
                         f"{'':>10}   proxy added p50, {name}: {value:.3f}"

@@ -1,5 +1,6 @@
 """Reading the usage store from a handler without stalling the proxy: each query runs in a
-worker thread on a connection of its own, never on the event loop."""
+worker thread on a reading connection of its own (`UsageStore.readers`), never on the event
+loop."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TypeVar
 
 import peewee
 
-from agent.store.database import StoreError, errors_as_store_error, open_database
+from agent.store.database import StoreError
 from agent.store.writer import UsageStore
 from ops_api.errors import OpsError
 
@@ -22,12 +23,7 @@ def query_store(store: UsageStore, query: Callable[[peewee.Database], T]) -> T:
     shared = store.db
     if isinstance(shared, peewee.SqliteDatabase) and shared.database == ":memory:":
         return query(shared)  # the writer's connection is the only way into a memory database
-    db = open_database(store.url, create=False)
-    try:
-        with errors_as_store_error(db, "reading usage records from"):
-            return query(db)
-    finally:
-        db.close()
+    return store.readers.read(query)
 
 
 async def read_store(store: UsageStore, query: Callable[[peewee.Database], T]) -> T:

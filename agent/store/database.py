@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import peewee
 from playhouse import db_url
 from playhouse import migrate as playhouse_migrate
+from playhouse.pool import PooledPostgresqlDatabase
 
 from agent.store.schema import (
     ADDED_COLUMNS,
@@ -98,7 +99,7 @@ def open_database(url: str, *, create: bool = True) -> peewee.Database:
     scheme = urlsplit(url).scheme.lower()
     if scheme == "sqlite":
         return _open_sqlite(url, create=create)
-    if scheme in ("postgres", "postgresql"):
+    if is_postgresql(url):
         return _open_postgresql(url)
     raise StoreError(
         f"unsupported database URL {redact_url(url)!r}: use sqlite:///data/usage.db "
@@ -164,23 +165,47 @@ def _connect_sqlite(
     return db
 
 
-def _open_postgresql(url: str) -> peewee.PostgresqlDatabase:
-    shown = redact_url(url)
+def _postgresql_options(url: str) -> dict[str, object]:
     if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is None:
         raise StoreError(
-            f"{shown} needs the PostgreSQL driver: pip install 'sidemeter[postgres]' (psycopg2-binary)"
+            f"{redact_url(url)} needs the PostgreSQL driver: "
+            "pip install 'sidemeter[postgres]' (psycopg2-binary)"
         )
     options = db_url.parse(url, unquote_password=True, unquote_user=True)
     options.setdefault("connect_timeout", _PG_CONNECT_TIMEOUT_S)
-    db = peewee.PostgresqlDatabase(**options)
+    return options
+
+
+def connect_postgresql(db: peewee.PostgresqlDatabase, url: str) -> None:
+    """Connect `db` (opened from `url`), as a StoreError saying what to check."""
     try:
-        db.connect()
+        db.connect(reuse_if_open=True)
     except Exception as exc:  # driver errors vary; all of them mean "cannot use this URL"
         raise StoreError(
-            f"cannot connect to {shown} ({first_line(exc)}): check that the server is up and the "
+            f"cannot connect to {redact_url(url)} ({first_line(exc)}): check that the server is up and the "
             "host, port, database, user and password in the URL are right"
         ) from exc
+
+
+def _open_postgresql(url: str) -> peewee.PostgresqlDatabase:
+    db = peewee.PostgresqlDatabase(**_postgresql_options(url))
+    connect_postgresql(db, url)
     return db
+
+
+def is_postgresql(url: str) -> bool:
+    return urlsplit(url).scheme.lower() in ("postgres", "postgresql")
+
+
+def postgresql_pool(
+    url: str, *, max_connections: int, stale_s: float, wait_s: float
+) -> PooledPostgresqlDatabase:
+    """A pool of connections to the PostgreSQL database `url` names, for threads that read
+    (each thread takes one with `connect`, gives it back with `close`). Connects lazily:
+    `connect_postgresql` turns a failure into a StoreError."""
+    return PooledPostgresqlDatabase(
+        max_connections=max_connections, stale_timeout=stale_s, timeout=wait_s, **_postgresql_options(url)
+    )
 
 
 # -- the schema ---------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from agent.records import FIELD_NAMES, UsageRecord
 from agent.store.database import StoreError, describe, first_line, migrate, open_database, redact_url
 from agent.store.insert import MultiRowInsert
 from agent.store.journal import Journal
+from agent.store.readers import Readers
 from agent.store.retention import DEFAULT_BATCH, Pruner
 from agent.store.rollups import Rollups
 from agent.store.schema import CONVERTERS_TO_DB, record_values
@@ -107,6 +108,7 @@ class UsageStore:
         if queue_size < 1 or batch_size < 1 or flush_interval <= 0:
             raise ValueError("queue_size and batch_size must be >= 1, flush_interval > 0")
         self.url = url
+        self.readers = Readers(url)  # the ops API's and the CLI's queries, apart from the writer
         self._spill = SpillFiles(Path(spill_dir) if spill_dir is not None else default_spill_dir(url))
         self.journal = Journal(self._spill.directory) if journal else None
         self._full_segments: collections.deque[Path] = collections.deque()  # not queued yet (loop only)
@@ -282,6 +284,7 @@ class UsageStore:
             self.journal.close(delete=not self._overflow)
         if self._overflow:
             self._print_lost()
+        self.readers.close()
         if self._db is not None:
             with contextlib.suppress(Exception):
                 self._db.close()

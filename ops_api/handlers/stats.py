@@ -17,7 +17,7 @@ import peewee
 from aiohttp import web
 
 from agent.durations import parse_duration
-from agent.store.database import StoreError, first_line, open_database
+from agent.store.database import StoreError, first_line
 from agent.store.stats import (
     GROUP_BY,
     SCOPES,
@@ -32,6 +32,7 @@ from agent.store.stats import (
 from ops_api.about import instance as own_instance
 from ops_api.errors import OpsError
 from ops_api.openapi import error_responses, json_content
+from ops_api.reads import query_store
 from ops_api.view import SIDECAR
 
 routes = web.RouteTableDef()
@@ -42,14 +43,6 @@ _Key = tuple[str | None, str | None, str | None, tuple[str, ...], str | None]
 _CACHES: weakref.WeakKeyDictionary[web.Application, dict[_Key, tuple[float, asyncio.Future[Any]]]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-def _query(url: str, window: Window, group_by: tuple[str, ...], instance: str | None) -> dict[str, Any]:
-    db = open_database(url, create=False)
-    try:
-        return compute_stats(db, window.since, window.until, group_by, instance=instance)
-    finally:
-        db.close()
 
 
 @routes.get("/ops/stats")
@@ -104,7 +97,11 @@ async def _compute(
             instance=instance,
             snapshot=False,
         )
-    return await asyncio.to_thread(_query, side.config.db, window, group_by, instance)
+    return await asyncio.to_thread(
+        query_store,
+        side.store,
+        lambda db: compute_stats(db, window.since, window.until, group_by, instance=instance),
+    )
 
 
 _PERCENTILES = {

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import peewee
 import pytest
 from click.testing import CliRunner
 
@@ -126,6 +127,31 @@ async def test_a_sidecar_on_postgresql_answers_like_one_on_sqlite(
             assert pg_answers[key] == answer, key
     finally:
         await sim.stop()
+
+
+def test_ops_reads_keep_their_connection_and_replace_one_the_server_dropped(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    store = UsageStore(postgres_url, spill_dir=tmp_path / "spill")
+    store.start()
+    rec = full_record()
+    store.submit(rec)
+    assert store.flush(10)
+
+    def backend(db: peewee.Database) -> int:
+        return int(db.execute_sql("SELECT pg_backend_pid()").fetchone()[0])
+
+    admin = open_database(postgres_url)
+    try:
+        first = store.readers.read(backend)
+        assert store.readers.read(backend) == first  # no new server process and login per query
+        admin.execute_sql("SELECT pg_terminate_backend(%s)", [first])  # e.g. idle_session_timeout
+        got = store.readers.read(lambda db: get_record(db, rec.request_id))
+        assert got is not None and got.request_id == rec.request_id  # no error for the caller
+        assert store.readers.read(backend) != first
+    finally:
+        store.close()
+        admin.close()
 
 
 async def test_a_server_that_goes_away_under_load_loses_no_record(
