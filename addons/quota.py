@@ -34,7 +34,7 @@ from addons.flowstate import state_of
 from agent.config import ConfigError, load
 from agent.prices import PriceTable
 from agent.quota.ledger import Decision, Ledger, Standing, reservation, used_by
-from agent.quota.rules import COST, Limit
+from agent.quota.rules import COST, Limit, amount
 from agent.quota.windows import zone
 from agent.records import Operation
 from agent.settings import declare_options, option_names, read_options
@@ -48,21 +48,13 @@ _OUR_LENGTHS: Final = frozenset(len(name) for name in OURS)  # most names need n
 COUNTED: Final = frozenset({Operation.CHAT, Operation.COMPLETION, Operation.EMBEDDING, Operation.RESPONSES})
 
 
-def amount(value: float) -> str:
-    """A cost in currency units as the headers and messages show it: up to 6 decimals."""
-    return f"{value:.6f}".rstrip("0").rstrip(".")
-
-
 def rate_limit_headers(shown: Standing, now: float) -> tuple[tuple[bytes, bytes], ...]:
     """The RateLimit-* fields of `shown` (draft-ietf-httpapi-ratelimit-headers-06)."""
     lim = shown.limit
-    if lim.metric == COST:
-        limit, remaining = amount(lim.value), amount(shown.remaining)
-    else:
-        limit, remaining = str(lim.value), str(shown.remaining)
+    left = shown.remaining
     return (
-        (b"RateLimit-Limit", limit.encode()),
-        (b"RateLimit-Remaining", remaining.encode()),
+        (b"RateLimit-Limit", lim.header),
+        (b"RateLimit-Remaining", (amount(left) if lim.metric == COST else str(left)).encode()),
         (b"RateLimit-Reset", str(shown.reset_in(now)).encode()),
     )
 

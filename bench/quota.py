@@ -17,8 +17,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository
 
@@ -42,6 +43,38 @@ RULES = rules_from_tables(
     ]
 )
 TARGET_US = 10.0
+QUOTA_HOOKS = ("request", "responseheaders", "response")  # the ones a plain request reaches
+CALLS_PER_REQUEST = len(QUOTA_HOOKS)
+
+
+class Alone(NamedTuple):
+    """The Quota addon's hooks per request, µs of wall time: median and mean over requests."""
+
+    median: float
+    mean: float
+
+
+def timed(hook: Callable[[http.HTTPFlow], None], spent: list[int]) -> Callable[[http.HTTPFlow], None]:
+    """`hook`, adding the nanoseconds each call takes to `spent[0]`."""
+    clock = time.perf_counter_ns
+
+    def run(flow: http.HTTPFlow) -> None:
+        began = clock()
+        hook(flow)
+        spent[0] += clock() - began
+
+    return run
+
+
+def wrapper_cost(spent: list[int], calls: int = 20000) -> float:
+    """µs that `timed` adds to a call: the median of an empty hook's timed calls."""
+    empty = timed(lambda flow: None, spent)
+    samples = []
+    for _ in range(calls):
+        spent[0] = 0
+        empty(None)  # type: ignore[arg-type]
+        samples.append(spent[0])
+    return statistics.median(samples) / 1000
 
 
 async def run_hooks(addons: Any, flow: http.HTTPFlow) -> None:
@@ -55,8 +88,8 @@ async def run_hooks(addons: Any, flow: http.HTTPFlow) -> None:
         await addons.handle_lifecycle(hook(flow))
 
 
-async def measure(quotas: bool, requests: int, workdir: Path, db: str | None = None) -> tuple[float, float]:
-    """(whole hook path, the Quota addon's hooks alone): µs of event-loop thread CPU per request."""
+async def measure(quotas: bool, requests: int, workdir: Path, db: str | None = None) -> tuple[float, Alone]:
+    """(whole hook path: µs of event-loop thread CPU per request, the Quota addon's hooks alone)."""
     config = Config(
         upstream="http://127.0.0.1:9",
         listen="127.0.0.1:0",
@@ -81,21 +114,22 @@ async def measure(quotas: bool, requests: int, workdir: Path, db: str | None = N
         for flow in flows[200:]:
             await run_hooks(addons, flow)
         whole = (time.thread_time() - start) / requests * 1e6
-        # The addon alone, on flows the other addons have prepared (caller, parsed request, counts).
-        again = [make_flow(token) for _ in range(requests)]
-        for flow in again:
+        # The addon alone, timed where it runs: the same hook path, each of the Quota addon's
+        # hooks wrapped in a wall clock, so it sees the flow the other addons just touched, as
+        # in a proxy (timed back to back on flows prepared earlier it would read every flow
+        # cold from memory, which no proxy does). The wrapper's own cost, from an empty hook
+        # wrapped alike in this run, is taken off.
+        spent = [0]
+        overhead = wrapper_cost(spent)
+        for name in QUOTA_HOOKS:
+            setattr(quota, name, timed(getattr(quota, name), spent))
+        addons._index.clear()  # the dispatcher looks the wrapped hooks up afresh
+        per_request = []
+        for flow in [make_flow(token) for _ in range(requests)]:
+            spent[0] = 0
             await run_hooks(addons, flow)
-            flow.metadata["sidemeter"].quota = None
-        answers = [flow.response for flow in again]
-        for flow in again:
-            flow.response = None
-        start = time.thread_time()
-        for flow, answer in zip(again, answers, strict=True):
-            quota.request(flow)
-            flow.response = answer
-            quota.responseheaders(flow)
-            quota.response(flow)
-        alone = (time.thread_time() - start) / requests * 1e6
+            per_request.append(spent[0] / 1000 - overhead * CALLS_PER_REQUEST)
+        alone = Alone(statistics.median(per_request), statistics.fmean(per_request))
         if quotas:  # the rule matched, every request was admitted and reconciled
             (scope,) = sidecar.quotas.scopes.values()
             assert scope.windows["minute"].used[0] == 2 * requests + 200, scope.windows["minute"].used
@@ -112,7 +146,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per variant, interleaved [5]")
     parser.add_argument("--db", help="a PostgreSQL URL: quotas on then run the fleet sync [SQLite]")
     args = parser.parse_args()
-    results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    results: dict[bool, list[tuple[float, Alone]]] = {False: [], True: []}
     with (
         tempfile.TemporaryDirectory(prefix="sidemeter-quota-") as tmp,
         asyncio.Runner(loop_factory=new_event_loop) as runner,
@@ -123,18 +157,22 @@ def main() -> None:
                 results[on].append(runner.run(measure(on, args.requests, workdir, args.db)))
     off = statistics.median(w for w, _ in results[False])
     on = statistics.median(w for w, _ in results[True])
-    alone = statistics.median(a for _, a in results[True])
-    idle = statistics.median(a for _, a in results[False])
     sync = "with the fleet sync (PostgreSQL)" if args.db else "one sidecar (SQLite)"
     print(f"quota check, plain chat request, {args.requests:,} requests x {args.rounds} rounds, {sync}")
-    print(f"{'variant':<28} {'us/request':>10}   rounds")
-    for name, key, i in (("hook path, quotas off", False, 0), ("hook path, quotas on", True, 0)):
-        rounds = " ".join(f"{r[i]:.1f}" for r in results[key])
-        print(f"{name:<28} {statistics.median(r[i] for r in results[key]):>10.1f}   {rounds}")
-    print(f"{'difference (on - off)':<28} {on - off:>10.1f}")
-    print(f"{'Quota hooks alone, no rules':<28} {idle:>10.2f}")
+    print(f"{'variant':<30} {'us/request':>10}   rounds")
+    for name, key in (("hook path, quotas off", False), ("hook path, quotas on", True)):
+        rounds = " ".join(f"{w:.1f}" for w, _ in results[key])
+        print(f"{name:<30} {statistics.median(w for w, _ in results[key]):>10.1f}   {rounds}")
+    print(f"{'difference (on - off)':<30} {on - off:>10.1f}")
+    for name, key in (("Quota hooks, no rules", False), ("Quota hooks, a matching rule", True)):
+        median = statistics.median(a.median for _, a in results[key])
+        mean = statistics.median(a.mean for _, a in results[key])
+        rounds = " ".join(f"{a.median:.2f}" for _, a in results[key])
+        print(f"{name + ', median':<30} {median:>10.2f}   {rounds}")
+        print(f"{name + ', mean':<30} {mean:>10.2f}")
+    alone = statistics.median(a.mean for _, a in results[True])
     verdict = "within" if alone <= TARGET_US else "OVER"
-    print(f"{'Quota hooks alone, a rule':<28} {alone:>10.2f}   ({verdict} the {TARGET_US:g} us target)")
+    print(f"the mean with a rule is {verdict} the {TARGET_US:g} us target")
 
 
 if __name__ == "__main__":

@@ -60,13 +60,16 @@ class Window:
 class Scope:
     """The usage one rule counts for one user or team: a window per period the rule limits."""
 
-    __slots__ = ("key", "periods", "rule", "windows")
+    __slots__ = ("held", "key", "periods", "rule", "windows")
 
     def __init__(self, rule: QuotaRule, key: str) -> None:
         self.rule = rule
         self.key = key
         self.windows: dict[str, Window] = {}
         self.periods = tuple(dict.fromkeys(lim.period for lim in rule.limits))  # a request holds each once
+        # The current window of each period, in `periods` order, as an admitted request holds
+        # them; None once a window is replaced or dropped (rebuilt by the next admission).
+        self.held: tuple[Window, ...] | None = None
 
     def expire(self, now: float, *, keep_unsynced: bool) -> None:
         """Drop the windows that have ended (`keep_unsynced`: not those whose usage the sync
@@ -74,6 +77,7 @@ class Scope:
         for period, w in list(self.windows.items()):
             if now >= w.end and not (keep_unsynced and w.used != w.synced):
                 del self.windows[period]
+                self.held = None
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~1 µs more a request
@@ -187,7 +191,9 @@ class Ledger:
                     tightest_left, tightest = left, lim
         if refused is not None:
             return Decision(rule, scope.key, refused, refused_by=refused)
-        held = tuple([windows[p] for p in scope.periods])
+        held = scope.held
+        if held is None:  # the loop above made every period's window current
+            held = scope.held = tuple([windows[p] for p in scope.periods])
         for w in held:
             r = w.reserved
             r[0] += amounts[0]
@@ -330,6 +336,7 @@ class Ledger:
         w = scope.windows.get(period)
         if w is None or now >= w.end:
             w = scope.windows[period] = Window(*bounds(period, now, self.tz))
+            scope.held = None
         return w
 
 

@@ -37,12 +37,23 @@ LIMITS: Final[Mapping[str, tuple[str, int]]] = {
 EVERYONE: Final = "everyone"
 
 
+def amount(value: float) -> str:
+    """A cost in currency units as headers and messages show it: up to 6 decimals."""
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
 @dataclass(frozen=True, slots=True)
 class Limit:
     key: str  # e.g. tokens_per_minute
     period: str
     metric: int
     value: float  # a whole number, but for a cost budget (COST)
+    # The value as the RateLimit-Limit header carries it, formatted once rather than per response.
+    header: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shown = amount(self.value) if self.metric == COST else str(self.value)
+        object.__setattr__(self, "header", shown.encode())
 
 
 @dataclass(frozen=True, slots=True)
