@@ -1,6 +1,7 @@
 """Schemathesis against the live ops API: every documented operation, fuzzed from
-/ops/openapi.json, with auth on and an ops token. No answer may be a 5xx, and every answer
-must match its documented status codes, content type and schema.
+/ops/openapi.json, with auth on and an ops token, quota rules (a team's, everyone's with a cost
+budget) and a price table, so /ops/quotas and the cost fields answer with content. No answer
+may be a 5xx, and every answer must match its documented status codes, content type and schema.
 
 Schemathesis calls the API synchronously, so the sidecar and its simulated upstream run on
 their own event loop in a thread. Bounded: a fixed number of examples per operation."""
@@ -12,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -19,12 +21,21 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from agent.prices import Price
+from agent.quota.rules import rules_from_tables
 from agent.runtime import Sidecar
 from agent.sim import SimulatedLLM
-from tests.support.ops import SECRET, ops_token
+from tests.support.ops import SECRET, generate, ops_token, token
 from tests.support.sidecar import sidecar_config
 
 EXAMPLES = 40  # per operation: the whole run stays well under a minute on the CI machine
+QUOTAS = rules_from_tables(
+    [
+        {"team": "eval", "requests_per_minute": 1000, "tokens_per_day": 10**9},
+        {"tokens_per_minute": 10**8, "cost_per_day": 1000.0},
+    ]
+)
+PRICES = (Price("*", input_per_million=2.5, output_per_million=10.0),)
 
 
 class SidecarThread:
@@ -61,11 +72,21 @@ class SidecarThread:
         try:
             await sim.start()
             config = sidecar_config(
-                sim.url, self.tmp, f"sqlite:///{self.tmp}/usage.db", auth="jwt", jwt_secret=SECRET
+                sim.url,
+                self.tmp,
+                f"sqlite:///{self.tmp}/usage.db",
+                auth="jwt",
+                jwt_secret=SECRET,
+                quotas=QUOTAS,
+                prices=PRICES,
+                currency="USD",
             )
             sidecar = Sidecar(config)
             await sidecar.start()
             self.ops_url = f"http://127.0.0.1:{sidecar.ops_port}"
+            async with httpx.AsyncClient() as http:  # scopes and costs for /ops/quotas and /ops/stats
+                for bearer in (token("eva", team="eval"), token("sam", team="search")):
+                    await generate(http, f"http://127.0.0.1:{sidecar.proxy_port}", "ollama", bearer)
         except BaseException as e:
             self.error = e
             raise
@@ -91,6 +112,10 @@ TOKEN = ops_token()
 def test_every_operation_conforms_to_its_schema(live_ops: SidecarThread, mode: GenerationMode) -> None:
     # The operations are driven through schemathesis' Python API: its pytest plugin does not
     # work with this project's pytest (it reads a node attribute pytest 9 removed).
+    report = httpx.get(live_ops.ops_url + "/ops/quotas", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert {s["scope"] for s in report["scopes"]} >= {"team:eval", "user:sam"}, report  # fuzzed with content
+    spent = [lim["used"] for s in report["scopes"] for lim in s["limits"] if lim["name"] == "cost_per_day"]
+    assert spent and max(spent) > 0, report
     schema = schemathesis.openapi.from_url(live_ops.ops_url + "/ops/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     documented = {f"{m.upper()} {p}" for p, item in schema.raw_schema["paths"].items() for m in item}
