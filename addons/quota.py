@@ -33,7 +33,7 @@ from addons.errors import refuse
 from addons.flowstate import state_of
 from agent.config import ConfigError, load
 from agent.prices import PriceTable
-from agent.quota.ledger import Decision, Ledger, Standing, reservation, used_by
+from agent.quota.ledger import Decision, Ledger, reservation, seconds_until, used_by
 from agent.quota.rules import COST, Limit, amount
 from agent.quota.windows import zone
 from agent.records import Operation
@@ -48,14 +48,14 @@ _OUR_LENGTHS: Final = frozenset(len(name) for name in OURS)  # most names need n
 COUNTED: Final = frozenset({Operation.CHAT, Operation.COMPLETION, Operation.EMBEDDING, Operation.RESPONSES})
 
 
-def rate_limit_headers(shown: Standing, now: float) -> tuple[tuple[bytes, bytes], ...]:
-    """The RateLimit-* fields of `shown` (draft-ietf-httpapi-ratelimit-headers-06)."""
-    lim = shown.limit
-    left = shown.remaining
+def rate_limit_headers(lim: Limit, taken: float, end: float, now: float) -> tuple[tuple[bytes, bytes], ...]:
+    """The RateLimit-* fields (draft-ietf-httpapi-ratelimit-headers-06) of limit `lim` of a
+    window ending at `end` that has `taken` of it (used and reserved)."""
+    left = max(0, lim.value - taken)
     return (
         (b"RateLimit-Limit", lim.header),
         (b"RateLimit-Remaining", (amount(left) if lim.metric == COST else str(left)).encode()),
-        (b"RateLimit-Reset", str(shown.reset_in(now)).encode()),
+        (b"RateLimit-Reset", str(seconds_until(end, now)).encode()),
     )
 
 
@@ -172,17 +172,20 @@ class Quota:
         rec.error = refusal_error(decision)
         assert flow.response is not None
         flow.response.headers.fields += (
-            *rate_limit_headers(refused, now),
+            *rate_limit_headers(lim, refused.used + refused.reserved, refused.reset_at, now),
             (b"Retry-After", str(wait).encode()),
         )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         decision = state_of(flow).quota
-        if decision is None or decision.reservation is None or self.ledger is None:
-            return
+        if decision is None or (w := decision.window) is None or self.ledger is None:
+            return  # no rule, or refused (its headers are on its 429 already)
         assert flow.response is not None
+        lim = decision.limit
+        m = lim.metric
         headers = flow.response.headers
-        ours = rate_limit_headers(decision.shown, self.ledger.clock())
+        # The tightest limit at admission, as it stands now (this request's reservation in it).
+        ours = rate_limit_headers(lim, w.used[m] + w.others[m] + w.reserved[m], w.end, self.ledger.clock())
         headers.fields = without_ours(headers.fields) + ours
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -194,12 +197,12 @@ class Quota:
     def _reconcile(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         decision = state.quota
-        if decision is None or decision.reservation is None or self.ledger is None:
+        if decision is None or decision.windows is None or self.ledger is None:
             return
         state.quota = None  # an error after the response must not count it twice
         rec = state.record
         self.ledger.reconcile(
-            decision.reservation,
+            decision,
             used_by(rec.prompt_tokens, rec.completion_tokens, rec.total_tokens, rec.cost),
         )
 

@@ -94,32 +94,53 @@ class Standing:
         return max(0, self.limit.value - self.used - self.reserved)
 
     def reset_in(self, now: float) -> int:
-        """Whole seconds until the window ends, at least 1 (a client waits until then)."""
-        return max(1, math.ceil(self.reset_at - now))
+        return seconds_until(self.reset_at, now)
 
 
-class Reservation:
-    """A request in flight: what it holds in each window until its record reconciles it."""
+class Decision:
+    """The answer for one request: admitted, holding `amounts` in `windows` until
+    `Ledger.reconcile`, or refused by `refused_by`. `shown` is the standing the RateLimit-*
+    headers report: of an admitted request, its tightest limit (`limit` in `window`) as it
+    stands when read; of a refused one, the limit that refused it.
 
-    __slots__ = ("amounts", "scope", "windows")
+    A plain class rather than a dataclass, and the standing built only when read: one object
+    per admitted request is what the request path can afford."""
 
-    def __init__(self, scope: Scope, windows: tuple[Window, ...], amounts: Amounts) -> None:
+    __slots__ = ("amounts", "limit", "refused_by", "rule", "scope", "unavailable", "window", "windows")
+
+    def __init__(
+        self,
+        rule: QuotaRule,
+        scope: str,
+        limit: Limit,
+        window: Window | None,
+        windows: tuple[Window, ...] | None = None,
+        amounts: Amounts | None = None,
+        refused_by: Standing | None = None,
+        unavailable: bool = False,  # refused because a closed limit's fleet counters are stale
+    ) -> None:
+        self.rule = rule
         self.scope = scope
+        self.limit = limit
+        self.window = window
         self.windows = windows
         self.amounts = amounts
+        self.refused_by = refused_by
+        self.unavailable = unavailable
 
+    @property
+    def reservation(self) -> Decision | None:
+        """What an admitted request holds (itself; None once refused): `Ledger.reconcile` takes it."""
+        return self if self.windows is not None else None
 
-@dataclass(slots=True)
-class Decision:
-    """The answer for one request: admitted (with its reservation) or refused by `refused_by`;
-    `shown` is the standing the RateLimit-* headers report."""
-
-    rule: QuotaRule
-    scope: str
-    shown: Standing
-    reservation: Reservation | None = None
-    refused_by: Standing | None = None
-    unavailable: bool = False  # refused because a closed limit's fleet counters are stale
+    @property
+    def shown(self) -> Standing:
+        if self.refused_by is not None:
+            return self.refused_by
+        w = self.window
+        assert w is not None
+        m = self.limit.metric
+        return Standing(self.limit, w.used[m] + w.others[m], w.reserved[m], w.end)
 
 
 class Ledger:
@@ -172,7 +193,7 @@ class Ledger:
         if now >= self.fresh_until and self.closed:
             closed = self._closed_limit(scope, now)
             if closed is not None:
-                return Decision(rule, scope.key, closed, refused_by=closed, unavailable=True)
+                return Decision(rule, scope.key, closed.limit, None, refused_by=closed, unavailable=True)
         refused: Standing | None = None
         tightest: Limit | None = None
         tightest_left = math.inf
@@ -190,7 +211,7 @@ class Ledger:
                 if left < tightest_left:
                     tightest_left, tightest = left, lim
         if refused is not None:
-            return Decision(rule, scope.key, refused, refused_by=refused)
+            return Decision(rule, scope.key, refused.limit, None, refused_by=refused)
         held = scope.held
         if held is None:  # the loop above made every period's window current
             held = scope.held = tuple([windows[p] for p in scope.periods])
@@ -202,14 +223,12 @@ class Ledger:
             r[3] += amounts[3]
             r[4] += amounts[4]
         assert tightest is not None  # a rule has at least one limit
-        w = windows[tightest.period]
-        m = tightest.metric
-        shown = Standing(tightest, w.used[m] + w.others[m], w.reserved[m], w.end)
-        return Decision(rule, scope.key, shown, Reservation(scope, held, amounts))
+        return Decision(rule, scope.key, tightest, windows[tightest.period], held, amounts)
 
-    def reconcile(self, reservation: Reservation, actual: Amounts) -> None:
+    def reconcile(self, reservation: Decision, actual: Amounts) -> None:
         """A request finished having used `actual`: its reservation is released and its usage
         counted, in the windows it started in (a window that has ended since is gone)."""
+        assert reservation.amounts is not None and reservation.windows is not None
         h0, h1, h2, h3, h4 = reservation.amounts
         a0, a1, a2, a3, a4 = actual
         for w in reservation.windows:  # unrolled: this runs once per request
@@ -338,6 +357,11 @@ class Ledger:
             w = scope.windows[period] = Window(*bounds(period, now, self.tz))
             scope.held = None
         return w
+
+
+def seconds_until(end: float, now: float) -> int:
+    """Whole seconds until a window ends at `end`, at least 1 (a client waits until then)."""
+    return max(1, math.ceil(end - now))
 
 
 def reservation(
