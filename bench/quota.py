@@ -152,8 +152,8 @@ def main() -> None:
         asyncio.Runner(loop_factory=new_event_loop) as runner,
     ):
         for rnd in range(args.rounds):
-            # Alternate which variant goes first: the second of a pair ran after the first's
-            # sidecar stopped (its garbage, its writer thread), which would bias a fixed order.
+            # Alternate which variant goes first, so neither always starts just after the
+            # other's sidecar stopped (its garbage, its writer thread).
             for on in (False, True) if rnd % 2 == 0 else (True, False):
                 workdir = Path(tmp) / f"{rnd}-{on}"
                 results[on].append(runner.run(measure(on, args.requests, workdir, args.db)))

@@ -129,11 +129,6 @@ class Decision:
         self.unavailable = unavailable
 
     @property
-    def reservation(self) -> Decision | None:
-        """What an admitted request holds (itself; None once refused): `Ledger.reconcile` takes it."""
-        return self if self.windows is not None else None
-
-    @property
     def shown(self) -> Standing:
         if self.refused_by is not None:
             return self.refused_by
@@ -225,13 +220,13 @@ class Ledger:
         assert tightest is not None  # a rule has at least one limit
         return Decision(rule, scope.key, tightest, windows[tightest.period], held, amounts)
 
-    def reconcile(self, reservation: Decision, actual: Amounts) -> None:
+    def reconcile(self, admitted: Decision, actual: Amounts) -> None:
         """A request finished having used `actual`: its reservation is released and its usage
         counted, in the windows it started in (a window that has ended since is gone)."""
-        assert reservation.amounts is not None and reservation.windows is not None
-        h0, h1, h2, h3, h4 = reservation.amounts
+        assert admitted.amounts is not None and admitted.windows is not None
+        h0, h1, h2, h3, h4 = admitted.amounts
         a0, a1, a2, a3, a4 = actual
-        for w in reservation.windows:  # unrolled: this runs once per request
+        for w in admitted.windows:  # unrolled: this runs once per request
             r, u = w.reserved, w.used
             r[0] -= h0
             r[1] -= h1

@@ -50,8 +50,8 @@ def test_each_sidecar_admits_against_the_others_usage(postgres_url: str) -> None
     try:
         for led, tokens, cost in ((a, 30, 0.1), (b, 50, 0.2)):
             d = led.admit("u", None, (1, 0, 10, 10, 0.05))
-            assert d and d.reservation
-            led.reconcile(d.reservation, (1, 5, tokens - 5, tokens, cost))
+            assert d and d.refused_by is None
+            led.reconcile(d, (1, 5, tokens - 5, tokens, cost))
         assert sa.tick() and sb.tick() and sa.tick()  # a reads b's push of the same round
         (scope_a,) = a.scopes.values()
         (scope_b,) = b.scopes.values()
@@ -61,8 +61,7 @@ def test_each_sidecar_admits_against_the_others_usage(postgres_url: str) -> None
         assert [s.used for s in a.standing_of(scope_a)] == [80, pytest.approx(0.3)]
         d = b.admit("u", None, (1, 0, 10, 10, 0.05))
         assert d and d.refused_by is None and d.shown.remaining == 10  # 100 - 80 - its own 10
-        assert d.reservation
-        b.reconcile(d.reservation, (1, 0, 20, 20, 0.1))  # 100 counted across the fleet
+        b.reconcile(d, (1, 0, 20, 20, 0.1))  # 100 counted across the fleet
         assert sb.tick() and sa.tick()
         assert scope_a.windows["day"].others[3] == 70
         assert scope_a.windows["day"].others[4] == pytest.approx(0.3)

@@ -79,8 +79,8 @@ def test_embeddings_reserve_no_output_and_a_missing_cap_reserves_the_default() -
     q.request(embed)
     uncapped = flow(body=b'{"model":"m","messages":[{"role":"user","content":"hi"}]}')
     q.request(uncapped)
-    assert state_of(embed).quota.reservation.amounts[2] == 0  # type: ignore[union-attr]
-    assert state_of(uncapped).quota.reservation.amounts[2] == 100  # type: ignore[union-attr]
+    assert state_of(embed).quota.amounts[2] == 0  # type: ignore[union-attr]
+    assert state_of(uncapped).quota.amounts[2] == 100  # type: ignore[union-attr]
 
 
 def test_standalone_it_reads_the_rules_of_sidemeter_toml(
@@ -104,7 +104,7 @@ def test_a_budget_holds_the_priced_reservation_and_counts_the_record_s_cost() ->
     q = Quota(ledger, default_reservation=100, prices=prices)
     f = flow()  # 8 characters of prompt (2 tokens) and max_tokens 10
     q.request(f)
-    held = state_of(f).quota.reservation.amounts  # type: ignore[union-attr]
+    held = state_of(f).quota.amounts  # type: ignore[union-attr]
     assert held[4] == (2 * 1000 + 10 * 4000) / 1e6 == 0.042
     answer(f)
     q.responseheaders(f)

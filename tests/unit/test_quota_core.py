@@ -36,8 +36,7 @@ def test_requests_refused_exactly_at_the_limit() -> None:
         d = led.admit("alice", None, (1, 0, 0, 0, 0.0))
         assert d is not None and d.refused_by is None, n
         assert d.shown.remaining == 2 - n  # after this request's own reservation
-        assert d.reservation is not None
-        led.reconcile(d.reservation, (1, 0, 0, 0, 0.0))
+        led.reconcile(d, (1, 0, 0, 0, 0.0))
     refused = led.admit("alice", None, (1, 0, 0, 0, 0.0))
     assert refused is not None and refused.refused_by is not None
     assert refused.refused_by.limit.key == "requests_per_minute" and refused.shown.remaining == 0
@@ -47,11 +46,11 @@ def test_requests_refused_exactly_at_the_limit() -> None:
 def test_one_after_another_is_refused_once_counted_usage_reaches_the_limit() -> None:
     led, _ = ledger({"team": "ml", "tokens_per_minute": 100})
     d = led.admit("a", "ml", (1, 0, 50, 50, 0.0))
-    assert d and d.reservation
-    led.reconcile(d.reservation, (1, 10, 89, 99, 0.0))  # 99 < 100: the next one is still admitted
+    assert d and d.refused_by is None
+    led.reconcile(d, (1, 10, 89, 99, 0.0))  # 99 < 100: the next one is still admitted
     d = led.admit("b", "ml", (1, 0, 50, 50, 0.0))
-    assert d and d.reservation and d.refused_by is None
-    led.reconcile(d.reservation, (1, 0, 1, 1, 0.0))  # exactly 100 counted
+    assert d and d.refused_by is None
+    led.reconcile(d, (1, 0, 1, 1, 0.0))  # exactly 100 counted
     d = led.admit("a", "ml", (1, 0, 1, 1, 0.0))
     assert d and d.refused_by is not None and d.scope == "team:ml"
 
@@ -61,8 +60,7 @@ def test_reservations_of_other_requests_refuse_but_a_request_s_own_does_not() ->
     big = led.admit("u", None, (1, 0, 500, 500, 0.0))  # bigger than the limit on its own: admitted
     assert big and big.refused_by is None
     assert led.admit("u", None, (1, 0, 1, 1, 0.0)).refused_by is not None  # type: ignore[union-attr]
-    assert big.reservation
-    led.reconcile(big.reservation, (1, 0, 40, 40, 0.0))  # it used less: the rest is free again
+    led.reconcile(big, (1, 0, 40, 40, 0.0))  # it used less: the rest is free again
     d = led.admit("u", None, (1, 0, 59, 59, 0.0))
     assert d and d.refused_by is None and d.shown.remaining == 1
 
@@ -73,8 +71,8 @@ def test_concurrent_overshoot_is_at_most_one_reservation() -> None:
     for _ in range(50):
         d = led.admit("u", None, (1, 0, 64, 64, 0.0))
         assert d is not None
-        if d.reservation is not None:
-            held.append(d.reservation)
+        if d.refused_by is None:
+            held.append(d)
     assert len(held) == 16  # 15 * 64 = 960 < 1000 admits a 16th; 16 * 64 >= 1000 refuses
     for r in held:
         led.reconcile(r, (1, 0, 64, 64, 0.0))
@@ -103,7 +101,7 @@ def test_most_specific_rule_wins() -> None:
 def test_minute_window_rolls_over_and_in_flight_usage_stays_in_its_window() -> None:
     led, clock = ledger({"user": "u", "requests_per_minute": 1, "tokens_per_day": 1000})
     first = led.admit("u", None, (1, 0, 10, 10, 0.0))
-    assert first and first.reservation
+    assert first and first.refused_by is None
     refused = led.admit("u", None, (1, 0, 10, 10, 0.0))
     assert refused and refused.refused_by is not None
     assert refused.refused_by.reset_in(clock.t) == 60
@@ -112,7 +110,7 @@ def test_minute_window_rolls_over_and_in_flight_usage_stays_in_its_window() -> N
     clock.t = T0 + 60  # 00:00:00 next day, next month: every window is new
     d = led.admit("u", None, (1, 0, 10, 10, 0.0))
     assert d and d.refused_by is None
-    led.reconcile(first.reservation, (1, 0, 300, 300, 0.0))  # started in the old windows: counted there
+    led.reconcile(first, (1, 0, 300, 300, 0.0))  # started in the old windows: counted there
     ((_scope, standings),) = led.standings()
     assert [(s.limit.key, s.used, s.reserved) for s in standings] == [
         ("requests_per_minute", 0, 1),
@@ -183,8 +181,8 @@ def test_bad_rules_are_reported_one_line_each() -> None:
 def test_other_sidecars_usage_counts_and_shows() -> None:
     led, _ = ledger({"user": "u", "requests_per_minute": 5})
     d = led.admit("u", None, (1, 0, 0, 0, 0.0))
-    assert d and d.reservation and d.shown.remaining == 4
-    led.reconcile(d.reservation, (1, 0, 0, 0, 0.0))
+    assert d and d.refused_by is None and d.shown.remaining == 4
+    led.reconcile(d, (1, 0, 0, 0, 0.0))
     (scope,) = led.scopes.values()
     scope.windows["minute"].others[0] = 3  # what a sync read back: the fleet used 3 more
     d = led.admit("u", None, (1, 0, 0, 0, 0.0))
@@ -204,7 +202,7 @@ def test_stale_fleet_counters_refuse_closed_kinds_only() -> None:
     clock.t += 5  # no sync for 5 s: stale
     refused = led.admit("budget", None, (1, 0, 1, 1, 0.0))
     assert refused and refused.unavailable and refused.refused_by is not None
-    assert refused.refused_by.limit.key == "tokens_per_day" and refused.reservation is None
+    assert refused.refused_by.limit.key == "tokens_per_day" and refused.windows is None
     rate = led.admit("rates", None, (1, 0, 1, 1, 0.0))
     assert rate and rate.refused_by is None and not rate.unavailable
     led.fresh_until = clock.t + 5  # a sync succeeded again
@@ -219,8 +217,8 @@ def test_pruning_keeps_the_scope_count_bounded_with_many_users() -> None:
         for n in range(1000):  # a thousand new users every minute
             clock.t = t0 + minute * 60 + n * 0.05
             d = led.admit(f"user{minute}-{n}", "t", (1, 0, 0, 0, 0.0))
-            assert d and d.reservation
-            led.reconcile(d.reservation, (1, 0, 0, 0, 0.0))
+            assert d and d.refused_by is None
+            led.reconcile(d, (1, 0, 0, 0, 0.0))
         peak = max(peak, len(led.scopes))
         keys = list(led.scopes)
         clock.t = t0 + (minute + 1) * 60  # once a minute, as the runtime does
@@ -233,8 +231,8 @@ def test_pruning_keeps_the_scope_count_bounded_with_many_users() -> None:
 def test_pruning_keeps_live_windows_and_unsynced_ended_ones() -> None:
     led, clock = ledger({"user": "u", "requests_per_minute": 10, "tokens_per_day": 100}, t=T0 - 3600)
     d = led.admit("u", None, (1, 0, 1, 1, 0.0))
-    assert d and d.reservation
-    led.reconcile(d.reservation, (1, 0, 1, 1, 0.0))
+    assert d and d.refused_by is None
+    led.reconcile(d, (1, 0, 1, 1, 0.0))
     clock.t += 60  # the minute ended, the day not
     led.shared = True  # in a fleet: the minute's usage has not been pushed yet
     assert led.prune(list(led.scopes), clock.t) == 0
@@ -251,12 +249,12 @@ def test_a_budget_admits_below_its_amount_and_refuses_once_spent() -> None:
     led, clock = ledger({"team": "ml", "cost_per_day": 0.01, "requests_per_minute": 1000})
     assert led.budgets
     d = led.admit("a", "ml", (1, 10, 100, 110, 0.004))
-    assert d and d.reservation and d.shown.limit.key == "cost_per_day"  # the tightest: 60 % left
+    assert d and d.refused_by is None and d.shown.limit.key == "cost_per_day"  # the tightest: 60 % left
     assert d.shown.remaining == pytest.approx(0.006)
-    led.reconcile(d.reservation, (1, 10, 80, 90, 0.0035))
+    led.reconcile(d, (1, 10, 80, 90, 0.0035))
     d = led.admit("b", "ml", (1, 10, 100, 110, 0.004))
-    assert d and d.reservation and d.refused_by is None
-    led.reconcile(d.reservation, (1, 10, 300, 310, 0.0065))  # exactly 0.01 spent
+    assert d and d.refused_by is None
+    led.reconcile(d, (1, 10, 300, 310, 0.0065))  # exactly 0.01 spent
     refused = led.admit("a", "ml", (1, 0, 1, 1, 0.0))  # refused even when it would cost nothing
     assert refused and refused.refused_by and refused.refused_by.limit.key == "cost_per_day"
     report = quota_report(led, team="ml")
